@@ -1,0 +1,209 @@
+"""The RefineMask mask head: semantic head on P2, instance convs and three SFM stages (spec §1.2-1.4).
+
+Attribute names follow the official ``RefineMaskHead`` so that its state dict loads strictly with a
+pure prefix rename. The head computes logits only; targets, losses and the merge live in ``bar``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+SEMANTIC_STRIDE = 4
+
+
+class ConvReLU(nn.Module):
+    """A bias conv with optional ReLU, kept under the attribute ``conv`` (mmcv ConvModule, no norm)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1, relu: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return F.relu(x) if self.relu else x
+
+
+class MultiBranchFusion(nn.Module):
+    """Three dilated 3×3 branches summed, then a 1×1 merge conv without activation."""
+
+    def __init__(self, channels: int, dilations: Sequence[int] = (1, 3, 5)):
+        super().__init__()
+        for i, d in enumerate(dilations, start=1):
+            setattr(self, f"dilation_conv_{i}", ConvReLU(channels, channels, 3, dilation=d))
+        self.num_branches = len(dilations)
+        self.merge_conv = ConvReLU(channels, channels, 1, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = sum(getattr(self, f"dilation_conv_{i}")(x) for i in range(1, self.num_branches + 1))
+        return self.merge_conv(out)
+
+
+def select_label_channel(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(K, C, S, S)`` → ``(K, 1, S, S)``: the channel of each RoI's label (channel 0 if C == 1)."""
+    if logits.shape[1] == 1:
+        return logits
+    idx = torch.arange(logits.shape[0], device=logits.device)
+    return logits[idx, labels.to(logits.device)][:, None]
+
+
+def _roi_align_semantic(x: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
+    return roi_align(x, rois, (size, size), 1.0 / SEMANTIC_STRIDE, 0, True)
+
+
+class SFMStage(nn.Module):
+    """One semantic fusion stage: S×S×C in, 2S×2S×(C/2) out, plus this stage's mask logits."""
+
+    def __init__(
+        self,
+        semantic_channels: int,
+        channels: int,
+        size: int,
+        num_classes: int,
+        dilations: Sequence[int] = (1, 3, 5),
+        prior_channels: int = 0,
+    ):
+        super().__init__()
+        self.size = size
+        self.semantic_transform_in = nn.Conv2d(semantic_channels, channels, 1)
+        self.semantic_transform_out = nn.Conv2d(channels, channels, 1)
+        self.instance_logits = nn.Conv2d(channels, num_classes, 1)
+        self.fuse_conv = nn.ModuleList(
+            [nn.Conv2d(2 * channels + 2 + prior_channels, channels, 1), MultiBranchFusion(channels, dilations)]
+        )
+        self.fuse_transform_out = nn.Conv2d(channels, channels // 2 - 2, 1)
+        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+    def transform_semantic(self, semantic_feat: torch.Tensor) -> torch.Tensor:
+        """The per-stage 1×1 transform of the whole semantic map (computed once per batch)."""
+        return F.relu(self.semantic_transform_in(semantic_feat))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        semantic_map: torch.Tensor,
+        semantic_prob: torch.Tensor,
+        rois: torch.Tensor,
+        labels: torch.Tensor,
+        prior: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.size
+        logits = select_label_channel(self.instance_logits(x), labels)
+        instance_mask = logits.sigmoid()
+        sem_feat = F.relu(self.semantic_transform_out(_roi_align_semantic(semantic_map, rois, size)))
+        sem_mask = _roi_align_semantic(semantic_prob, rois, size)
+        parts = [x, sem_feat, instance_mask, sem_mask]
+        if prior is not None:
+            parts.append(prior)
+        x = F.relu(self.fuse_conv[0](torch.cat(parts, dim=1)))
+        x = F.relu(self.fuse_conv[1](x))
+        x = F.relu(self.fuse_transform_out(x))
+        x = F.relu(self.upsample(x))
+        up = 2 * size
+        masks = torch.cat([instance_mask, sem_mask], dim=1)
+        masks = F.interpolate(masks, size=(up, up), mode="bilinear", align_corners=True)
+        return torch.cat([x, masks], dim=1), logits
+
+
+class RefineMaskHead(nn.Module):
+    """Semantic head + instance convs + SFM stages + final 112×112 logits.
+
+    ``in_channels`` is the FPN width (256 in the official configs); stage widths halve from it.
+    ``stage_num_classes`` gives each stage's logit channels (last entry: the final logits); a 1 makes
+    that stage class-agnostic. ``prior=True`` adds one coarse-mask channel to every fusion (not in
+    the paper; off for official checkpoints).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 256,
+        stage_num_classes: Sequence[int] = (80, 80, 80, 80),
+        stage_sizes: Sequence[int] = (14, 28, 56, 112),
+        num_convs_instance: int = 2,
+        num_convs_semantic: int = 4,
+        dilations: Sequence[int] = (1, 3, 5),
+        prior: bool = False,
+    ):
+        super().__init__()
+        if len(stage_num_classes) != len(stage_sizes):
+            raise ValueError("stage_num_classes and stage_sizes must have the same length")
+        self.stage_sizes = tuple(stage_sizes)
+        self.use_prior = prior
+        self.instance_convs = nn.ModuleList(
+            [ConvReLU(in_channels, in_channels, 3) for _ in range(num_convs_instance)]
+        )
+        self.semantic_convs = nn.ModuleList(
+            [ConvReLU(in_channels, in_channels, 3) for _ in range(num_convs_semantic)]
+        )
+        stages = []
+        channels = in_channels
+        for size, ncls in zip(stage_sizes[:-1], stage_num_classes[:-1]):
+            stages.append(SFMStage(in_channels, channels, size, ncls, dilations, int(prior)))
+            channels //= 2
+        self.stages = nn.ModuleList(stages)
+        self.final_instance_logits = nn.Conv2d(channels, stage_num_classes[-1], 1)
+        self.semantic_logits = nn.Conv2d(in_channels, 1, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def semantic_forward(self, p2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Semantic feature (B, C, h, w) and 1-channel semantic logits at stride 4."""
+        x = p2
+        for conv in self.semantic_convs:
+            x = conv(x)
+        return x, self.semantic_logits(x)
+
+    def prepare_semantic(self, semantic_feat: torch.Tensor, semantic_logits: torch.Tensor):
+        """Whole-map inputs of every stage, so RoI chunks can share them."""
+        maps = [stage.transform_semantic(semantic_feat) for stage in self.stages]
+        return maps, semantic_logits.sigmoid()
+
+    def instance_forward(
+        self,
+        roi_feats: torch.Tensor,
+        semantic_maps: Sequence[torch.Tensor],
+        semantic_prob: torch.Tensor,
+        rois: torch.Tensor,
+        labels: torch.Tensor,
+        prior: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Stage logits ``[(K,1,14,14), (K,1,28,28), (K,1,56,56), (K,1,112,112)]``.
+
+        ``prior`` is ``(K, S, S)`` with S the final size, a coarse mask in RoI coordinates (1 = inside).
+        """
+        if self.use_prior and prior is None:
+            prior = roi_feats.new_ones((roi_feats.shape[0], self.stage_sizes[-1], self.stage_sizes[-1]))
+        x = roi_feats
+        for conv in self.instance_convs:
+            x = conv(x)
+        outputs = []
+        for stage, sem_map in zip(self.stages, semantic_maps):
+            stage_prior = None
+            if self.use_prior:
+                stage_prior = F.adaptive_avg_pool2d(prior[:, None].to(x.dtype), stage.size)
+            x, logits = stage(x, sem_map, semantic_prob, rois, labels, stage_prior)
+            outputs.append(logits)
+        outputs.append(select_label_channel(self.final_instance_logits(x), labels))
+        return outputs
+
+    def forward(
+        self,
+        roi_feats: torch.Tensor,
+        p2: torch.Tensor,
+        rois: torch.Tensor,
+        labels: torch.Tensor,
+        prior: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Stage logits and semantic logits for RoIs ``(K, 5)`` with 0-based ``labels``."""
+        semantic_feat, semantic_logits = self.semantic_forward(p2)
+        maps, prob = self.prepare_semantic(semantic_feat, semantic_logits)
+        return self.instance_forward(roi_feats, maps, prob, rois, labels, prior), semantic_logits
