@@ -1,0 +1,6 @@
+"""Pure model code: torch and torchvision only, no file IO, no printing."""
+from .config import ModelConfig
+from .detector import RefineMaskRCNN
+from .factory import build_model
+
+__all__ = ["ModelConfig", "RefineMaskRCNN", "build_model"]

@@ -1,0 +1,100 @@
+"""The one validated model configuration; defaults live here and nowhere else."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKBONES = ("resnet50", "resnet101", "mobilenet_v2")
+AGNOSTIC_MODES = ("none", "last", "all")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and inference settings of a RefineMask detector.
+
+    ``num_classes`` counts foreground classes (K); the box head has K+1 outputs with background at 0.
+    ``class_agnostic``: which mask stages have one output ("none": all K, the COCO config; "last":
+    the final 112×112 logits only, the LVIS config; "all": every stage).
+    """
+
+    backbone: str = "mobilenet_v2"
+    num_classes: int = 80
+    class_names: tuple[str, ...] = ()
+    fpn_channels: int = 256
+    trainable_backbone_layers: int = 3
+    class_agnostic: str = "none"
+    stage_sizes: tuple[int, ...] = (14, 28, 56, 112)
+    stage_loss_weights: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    semantic_loss_weight: float = 1.0
+    boundary_width: int = 2
+    dilations: tuple[int, ...] = (1, 3, 5)
+    coarse_prior: bool = False
+    prior_probability: float = 0.5
+    # image transform
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # RPN
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 1000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    # box head
+    box_loss_weight: float = 2.0
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    mask_threshold: float = 0.5
+    roi_chunk_size: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.backbone not in BACKBONES:
+            errors.append(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.num_classes < 1:
+            errors.append(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            errors.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if self.class_agnostic not in AGNOSTIC_MODES:
+            errors.append(f"class_agnostic must be one of {AGNOSTIC_MODES}, got {self.class_agnostic!r}")
+        if len(self.stage_sizes) != 4 or any(b != 2 * a for a, b in zip(self.stage_sizes, self.stage_sizes[1:])):
+            errors.append(f"stage_sizes must be 4 sizes doubling each stage, got {self.stage_sizes}")
+        if len(self.stage_loss_weights) != len(self.stage_sizes):
+            errors.append("stage_loss_weights needs one weight per stage")
+        if self.fpn_channels % 8 or self.fpn_channels < 32:
+            errors.append(f"fpn_channels must be a multiple of 8 and >= 32, got {self.fpn_channels}")
+        if not 0.0 <= self.prior_probability <= 1.0:
+            errors.append("prior_probability must be in [0, 1]")
+        if errors:
+            raise ValueError("invalid model config: " + "; ".join(errors))
+
+    @property
+    def stage_num_classes(self) -> tuple[int, ...]:
+        k = self.num_classes
+        n = len(self.stage_sizes)
+        if self.class_agnostic == "all":
+            return (1,) * n
+        if self.class_agnostic == "last":
+            return (k,) * (n - 1) + (1,)
+        return (k,) * n
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

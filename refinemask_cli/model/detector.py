@@ -1,0 +1,275 @@
+"""RefineMask R-CNN on torchvision parts: transform → backbone+FPN → RPN → box head → RefineMask head.
+
+Public conventions (everything outside this module): images are float ``(3, H, W)`` tensors in [0, 1],
+RGB; boxes are ``x1, y1, x2, y2`` in pixels of the image as given; class labels are 0-based indices
+into the model's classes. Internally torchvision's box head keeps background at index 0.
+
+- ``forward(images, targets)`` in train mode returns the loss dict; targets hold ``boxes`` (n, 4),
+  ``labels`` (n,) and ``masks`` (n, H, W) uint8.
+- ``forward(images)`` in eval mode returns per image ``boxes``, ``labels``, ``scores`` and
+  ``mask_logits`` (n, 1, 112, 112): merged logits in each box's own coordinates, not pasted.
+- ``refine(images, boxes, labels, priors)``: the same masks for given boxes, skipping the RPN.
+- ``mask_losses(images, targets)``: train only the mask branch (semantic + refine heads) from the
+  ground-truth boxes, for datasets where only some objects are labelled.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import boxes as box_ops
+from torchvision.ops import roi_align
+
+from . import bar
+from torchvision.models.detection._utils import Matcher
+from .config import ModelConfig
+from .poolers import MultiLevelRoIAlign, boxes_to_rois
+from .prior import sample_priors
+from .refine_head import RefineMaskHead
+
+
+class RefineRoIHeads(RoIHeads):
+    """torchvision's box head (sampling, loss, post-processing) plus the RefineMask mask branch."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        box_roi_pool: MultiLevelRoIAlign,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        mask_roi_pool: MultiLevelRoIAlign,
+        mask_head: RefineMaskHead,
+    ):
+        super().__init__(
+            box_roi_pool,
+            box_head,
+            box_predictor,
+            0.5,
+            0.5,
+            cfg.box_batch_size_per_image,
+            cfg.box_positive_fraction,
+            (10.0, 10.0, 5.0, 5.0),
+            cfg.box_score_thresh,
+            cfg.box_nms_thresh,
+            cfg.detections_per_img,
+            mask_roi_pool=mask_roi_pool,
+            mask_head=mask_head,
+        )
+        # mmdet's R-CNN assigner keeps low-quality matches (spec §3.1, §5.4.10)
+        self.proposal_matcher = Matcher(0.5, 0.5, allow_low_quality_matches=True)
+        self.box_loss_weight = cfg.box_loss_weight
+        self.stage_sizes = cfg.stage_sizes
+        self.stage_loss_weights = cfg.stage_loss_weights
+        self.semantic_loss_weight = cfg.semantic_loss_weight
+        self.boundary_width = cfg.boundary_width
+        self.prior_probability = cfg.prior_probability if cfg.coarse_prior else 0.0
+        self.roi_chunk_size = cfg.roi_chunk_size
+
+    # -- training ---------------------------------------------------------------------------
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_feats = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_feats)
+        if not self.training:
+            boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+            head_labels = [lbl - 1 for lbl in labels]
+            mask_logits = self.predict_masks(features, boxes, head_labels)
+            return [
+                {"boxes": b, "labels": lbl, "scores": s, "mask_logits": m}
+                for b, lbl, s, m in zip(boxes, head_labels, scores, mask_logits)
+            ]
+        loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        losses = {"loss_classifier": self.box_loss_weight * loss_cls, "loss_box_reg": self.box_loss_weight * loss_box}
+        pos_boxes, pos_labels, pos_inds = [], [], []
+        for props, lbl, idx in zip(proposals, labels, matched_idxs):
+            pos = lbl > 0
+            pos_boxes.append(props[pos])
+            pos_labels.append(lbl[pos] - 1)
+            pos_inds.append(idx[pos])
+        losses.update(self.mask_losses(features, pos_boxes, pos_labels, pos_inds, [t["masks"] for t in targets]))
+        return losses
+
+    def mask_losses(
+        self,
+        features: dict[str, torch.Tensor],
+        boxes: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        gt_indices: Sequence[torch.Tensor],
+        gt_masks: Sequence[torch.Tensor],
+        ignore: Sequence[torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``loss_instance`` and ``loss_semantic`` for RoIs ``boxes`` matched to ``gt_masks[gt_indices]``."""
+        p2 = features["0"]
+        rois = boxes_to_rois(boxes).to(p2)
+        head_labels = torch.cat(list(labels)).to(p2.device) if len(labels) else torch.zeros(0, dtype=torch.long)
+        per_image = [
+            bar.stage_targets(m.to(p2.device), b, i, self.stage_sizes) for m, b, i in zip(gt_masks, boxes, gt_indices)
+        ]
+        targets = [torch.cat([t[s] for t in per_image]) for s in range(len(self.stage_sizes))]
+        priors = sample_priors(targets[-1], self.prior_probability) if self.mask_head.use_prior else None
+        roi_feats = self.mask_roi_pool.forward_rois(features, rois)
+        stage_logits, semantic_logits = self.mask_head(roi_feats, p2, rois, head_labels, priors)
+        loss_instance, _ = bar.refine_mask_loss(
+            stage_logits, targets, self.stage_loss_weights, self.boundary_width, start_stage=1
+        )
+        padded_hw = (p2.shape[-2] * 4, p2.shape[-1] * 4)
+        sem_target = bar.semantic_target([m.to(p2.device) for m in gt_masks], padded_hw, tuple(p2.shape[-2:]))
+        loss_semantic = self.semantic_loss_weight * bar.semantic_loss(semantic_logits, sem_target.to(p2))
+        return {"loss_instance": loss_instance, "loss_semantic": loss_semantic}
+
+    # -- inference ----------------------------------------------------------------------------
+    def predict_masks(
+        self,
+        features: dict[str, torch.Tensor],
+        boxes: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        priors: Sequence[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Merged 112×112 mask logits per image for ``boxes`` (network-input coordinates), RoIs chunked."""
+        head: RefineMaskHead = self.mask_head
+        p2 = features["0"]
+        size = self.stage_sizes[-1]
+        rois = boxes_to_rois(boxes).to(p2)
+        all_labels = torch.cat(list(labels)).to(p2.device) if len(labels) else torch.zeros(0, dtype=torch.long)
+        all_priors = torch.cat(list(priors)).to(p2) if priors is not None and len(priors) else None
+        counts = [b.shape[0] for b in boxes]
+        if rois.shape[0] == 0:
+            return [p2.new_zeros((n, 1, size, size)) for n in counts]
+        semantic_feat, semantic_logits = head.semantic_forward(p2)
+        maps, prob = head.prepare_semantic(semantic_feat, semantic_logits)
+        out = []
+        for start in range(0, rois.shape[0], self.roi_chunk_size):
+            sl = slice(start, start + self.roi_chunk_size)
+            feats = self.mask_roi_pool.forward_rois(features, rois[sl])
+            prior = all_priors[sl] if all_priors is not None else None
+            stage_logits = head.instance_forward(feats, maps, prob, rois[sl], all_labels[sl], prior)
+            out.append(bar.merge_stage_logits(stage_logits))
+        return list(torch.cat(out).split(counts))
+
+    def regress_boxes(
+        self, features, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], image_shapes
+    ) -> list[torch.Tensor]:
+        """One pass of the box head's class-specific regression on given boxes, clipped to the image."""
+        feats = self.box_head(self.box_roi_pool(features, boxes, image_shapes))
+        _, deltas = self.box_predictor(feats)
+        decoded = self.box_coder.decode(deltas, list(boxes))  # (K, C+1, 4)
+        flat_labels = torch.cat(list(labels)) + 1
+        chosen = decoded[torch.arange(decoded.shape[0]), flat_labels.clamp(max=decoded.shape[1] - 1)]
+        out = []
+        for b, shape in zip(chosen.split([len(b) for b in boxes]), image_shapes):
+            out.append(box_ops.clip_boxes_to_image(b, shape))
+        return out
+
+
+def remap_priors(priors: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Resample ``(K, S, S)`` priors drawn in boxes ``old`` into boxes ``new`` (zeros outside)."""
+    size = priors.shape[-1]
+    w = (old[:, 2] - old[:, 0]).clamp(min=1e-6)
+    h = (old[:, 3] - old[:, 1]).clamp(min=1e-6)
+    rel = torch.stack(
+        [(new[:, 0] - old[:, 0]) * size / w, (new[:, 1] - old[:, 1]) * size / h,
+         (new[:, 2] - old[:, 0]) * size / w, (new[:, 3] - old[:, 1]) * size / h], dim=1,
+    )
+    rois = torch.cat([torch.arange(len(rel), device=rel.device, dtype=rel.dtype)[:, None], rel], dim=1)
+    return roi_align(priors[:, None].float(), rois, (size, size), 1.0, 0, True)[:, 0]
+
+
+class RefineMaskRCNN(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        backbone: nn.Module,
+        rpn: nn.Module,
+        roi_heads: RefineRoIHeads,
+        transform: GeneralizedRCNNTransform,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    @staticmethod
+    def _check_images(images: Sequence[torch.Tensor]) -> None:
+        for i, img in enumerate(images):
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"image {i}: expected a (3, H, W) tensor, got shape {tuple(img.shape)}")
+            if not img.is_floating_point():
+                raise ValueError(f"image {i}: expected a float tensor in [0, 1], got {img.dtype}")
+
+    @staticmethod
+    def _to_torchvision_targets(targets):
+        return [{**t, "labels": t["labels"].long() + 1} for t in targets]
+
+    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None):
+        self._check_images(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            images_t, targets_t = self.transform(list(images), self._to_torchvision_targets(targets))
+            features = self.backbone(images_t.tensors)
+            proposals, rpn_losses = self.rpn(images_t, features, targets_t)
+            losses = self.roi_heads(features, proposals, images_t.image_sizes, targets_t)
+            return {**rpn_losses, **losses}
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        images_t, _ = self.transform(list(images))
+        features = self.backbone(images_t.tensors)
+        proposals, _ = self.rpn(images_t, features)
+        detections = self.roi_heads(features, proposals, images_t.image_sizes)
+        for det, net_size, orig in zip(detections, images_t.image_sizes, original_sizes):
+            det["boxes"] = resize_boxes(det["boxes"], net_size, orig)
+        return detections
+
+    def mask_losses(self, images: Sequence[torch.Tensor], targets: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Mask-branch losses with the (already jittered, if wanted) target boxes as RoIs."""
+        self._check_images(images)
+        images_t, targets_t = self.transform(list(images), [dict(t) for t in targets])
+        features = self.backbone(images_t.tensors)
+        boxes = [t["boxes"] for t in targets_t]
+        labels = [t["labels"].long() for t in targets_t]
+        inds = [torch.arange(len(b), device=b.device) for b in boxes]
+        return self.roi_heads.mask_losses(features, boxes, labels, inds, [t["masks"] for t in targets_t])
+
+    def refine(
+        self,
+        images: Sequence[torch.Tensor],
+        boxes: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        priors: Sequence[torch.Tensor | None] | None = None,
+        regress_boxes: bool = False,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Masks for given boxes (image coordinates): per image ``boxes`` (maybe tightened), ``mask_logits``.
+
+        ``priors[i]`` is ``(n_i, 112, 112)`` coarse masks in box coordinates (ones = box only).
+        """
+        self._check_images(images)
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        images_t, _ = self.transform(list(images))
+        features = self.backbone(images_t.tensors)
+        net_boxes = [
+            resize_boxes(b.to(features["0"]).reshape(-1, 4), orig, net)
+            for b, orig, net in zip(boxes, original_sizes, images_t.image_sizes)
+        ]
+        labels = [lbl.to(features["0"].device).long() for lbl in labels]
+        use_priors = None
+        if priors is not None and self.roi_heads.mask_head.use_prior:
+            size = self.cfg.stage_sizes[-1]
+            use_priors = [
+                p.to(features["0"]) if p is not None else features["0"].new_ones((len(b), size, size))
+                for p, b in zip(priors, net_boxes)
+            ]
+        if regress_boxes:
+            new_boxes = self.roi_heads.regress_boxes(features, net_boxes, labels, images_t.image_sizes)
+            if use_priors is not None:
+                use_priors = [remap_priors(p, o, n) if len(o) else p for p, o, n in zip(use_priors, net_boxes, new_boxes)]
+            net_boxes = new_boxes
+        logits = self.roi_heads.predict_masks(features, net_boxes, labels, use_priors)
+        return [
+            {"boxes": resize_boxes(b, net, orig), "labels": lbl, "mask_logits": m}
+            for b, lbl, m, net, orig in zip(net_boxes, labels, logits, images_t.image_sizes, original_sizes)
+        ]

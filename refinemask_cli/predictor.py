@@ -1,0 +1,219 @@
+"""``Predictor``: numpy images in, typed detections at original image size out. No file IO.
+
+Images are RGB ``uint8`` arrays ``(H, W, 3)``. Masks come back cropped to their box
+(``InstanceMask``), so an image with hundreds of instances never holds an ``N × H × W`` array; pasting
+happens chunk by chunk with mmdet/detectron2-style ``grid_sample`` (sample points at pixel centres).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from .model import RefineMaskRCNN
+
+PRIOR_SIZE = 112
+
+
+@dataclass(frozen=True)
+class InstanceMask:
+    """A binary mask stored as the crop ``mask`` whose top-left pixel is ``(y0, x0)`` in the image."""
+
+    x0: int
+    y0: int
+    mask: np.ndarray  # bool (h, w)
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    def full(self, height: int, width: int) -> np.ndarray:
+        out = np.zeros((height, width), dtype=bool)
+        h, w = self.mask.shape
+        out[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = self.mask[: height - self.y0, : width - self.x0]
+        return out
+
+    @classmethod
+    def from_full(cls, mask: np.ndarray) -> "InstanceMask":
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            return cls(0, 0, np.zeros((0, 0), dtype=bool))
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        return cls(int(x0), int(y0), np.ascontiguousarray(mask[y0:y1, x0:x1].astype(bool)))
+
+
+@dataclass
+class Detections:
+    """Per-image results; ``labels`` index the model's classes; boxes are xyxy pixels."""
+
+    image_size: tuple[int, int]  # (height, width)
+    boxes: np.ndarray  # float32 (N, 4)
+    labels: np.ndarray  # int64 (N,)
+    scores: np.ndarray  # float32 (N,)
+    masks: list[InstanceMask] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def check_image(image: np.ndarray, index: int = 0) -> None:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image {index}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image {index}: expected uint8 RGB, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image {index}: expected shape (H, W, 3), got {image.shape}")
+
+
+def paste_box_region(probs: torch.Tensor, box: torch.Tensor, height: int, width: int, threshold: float = 0.5):
+    """Paste one ``(S, S)`` probability map spanning ``box`` into the image grid, only over the box.
+
+    Returns ``(x0, y0, mask)`` with ``mask`` a bool tensor over pixels ``[y0, y1) × [x0, x1)``.
+    A pixel is sampled at its centre ``(x + 0.5, y + 0.5)``; the map's cells tile the box uniformly.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ix0 = max(int(math.floor(x1)), 0)
+    iy0 = max(int(math.floor(y1)), 0)
+    ix1 = min(int(math.ceil(x2)), width)
+    iy1 = min(int(math.ceil(y2)), height)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return 0, 0, torch.zeros((0, 0), dtype=torch.bool)
+    bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
+    xs = (torch.arange(ix0, ix1, device=probs.device, dtype=torch.float32) + 0.5 - x1) / bw * 2 - 1
+    ys = (torch.arange(iy0, iy1, device=probs.device, dtype=torch.float32) + 0.5 - y1) / bh * 2 - 1
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+    sampled = F.grid_sample(probs[None, None].float(), grid, mode="bilinear", align_corners=False)[0, 0]
+    return ix0, iy0, sampled >= threshold
+
+
+def masks_to_priors(masks: Sequence[InstanceMask | np.ndarray | None], boxes: np.ndarray,
+                    size: int = PRIOR_SIZE) -> torch.Tensor:
+    """Coarse masks (cropped or full-image) → ``(N, size, size)`` priors in each box's coordinates.
+
+    A ``None`` entry (box only) becomes all ones.
+    """
+    out = torch.ones((len(masks), size, size), dtype=torch.float32)
+    for i, m in enumerate(masks):
+        if m is None:
+            continue
+        crop = m if isinstance(m, InstanceMask) else InstanceMask(0, 0, np.asarray(m, dtype=bool))
+        if crop.mask.size == 0:
+            out[i] = 0
+            continue
+        b = torch.as_tensor(boxes[i], dtype=torch.float32)
+        rel = b - torch.tensor([crop.x0, crop.y0, crop.x0, crop.y0], dtype=torch.float32)
+        roi = torch.cat([torch.zeros(1), rel])[None]
+        src = torch.from_numpy(crop.mask.astype(np.float32))[None, None]
+        out[i] = roi_align(src, roi, (size, size), 1.0, 0, True)[0, 0]
+    return out
+
+
+class Predictor:
+    """Owns the device, eval mode, inference mode and autocast; batches images and chunks RoIs.
+
+    ``predict(images)``: full detection. ``refine(image, boxes, labels, coarse_masks)``: masks for
+    given boxes (labels are 0-based model classes; ignored by class-agnostic models).
+    """
+
+    def __init__(self, model: RefineMaskRCNN, device: str = "auto", half: bool | None = None,
+                 batch_size: int = 2, paste_chunk: int = 32):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.half = (self.device.type == "cuda") if half is None else bool(half and self.device.type == "cuda")
+        self.batch_size = max(1, batch_size)
+        self.paste_chunk = max(1, paste_chunk)
+        self.threshold = model.cfg.mask_threshold
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.model.cfg.class_names
+
+    def _autocast(self):
+        if self.half:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        return t.permute(2, 0, 1).float().div_(255.0)
+
+    def _paste(self, boxes: torch.Tensor, logits: torch.Tensor, height: int, width: int) -> Iterator[InstanceMask]:
+        for start in range(0, boxes.shape[0], self.paste_chunk):
+            probs = logits[start : start + self.paste_chunk, 0].float().sigmoid()
+            for b, p in zip(boxes[start : start + self.paste_chunk], probs):
+                x0, y0, m = paste_box_region(p, b, height, width, self.threshold)
+                yield InstanceMask(x0, y0, m.cpu().numpy())
+
+    def _detections(self, out: dict, size: tuple[int, int], scores: torch.Tensor | None = None) -> Detections:
+        boxes = out["boxes"].float()
+        h, w = size
+        return Detections(
+            image_size=size,
+            boxes=boxes.cpu().numpy().astype(np.float32),
+            labels=out["labels"].cpu().numpy().astype(np.int64),
+            scores=(out["scores"] if scores is None else scores).float().cpu().numpy(),
+            masks=list(self._paste(boxes, out["mask_logits"], h, w)),
+        )
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray], score_threshold: float = 0.0) -> list[Detections]:
+        for i, img in enumerate(images):
+            check_image(img, i)
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            with self._autocast():
+                outs = self.model([self._to_tensor(img) for img in batch])
+            for img, out in zip(batch, outs):
+                keep = out["scores"] >= score_threshold
+                out = {k: v[keep] for k, v in out.items()}
+                results.append(self._detections(out, img.shape[:2]))
+        return results
+
+    @torch.inference_mode()
+    def refine(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray | None = None,
+        coarse_masks: Sequence[InstanceMask | np.ndarray | None] | None = None,
+        regress_boxes: bool = False,
+    ) -> Detections:
+        check_image(image)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        n = boxes.shape[0]
+        if not np.isfinite(boxes).all():
+            raise ValueError("boxes must be finite numbers")
+        if n and ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+            raise ValueError("boxes must be x1, y1, x2, y2 with x2 > x1 and y2 > y1")
+        labels = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"{labels.shape[0]} labels for {n} boxes")
+        if n and (labels.min() < 0 or labels.max() >= self.model.cfg.num_classes):
+            raise ValueError(f"labels must be in [0, {self.model.cfg.num_classes})")
+        priors = None
+        if coarse_masks is not None:
+            if len(coarse_masks) != n:
+                raise ValueError(f"{len(coarse_masks)} coarse masks for {n} boxes")
+            priors = [masks_to_priors(coarse_masks, boxes, self.model.cfg.stage_sizes[-1])]
+        with self._autocast():
+            out = self.model.refine(
+                [self._to_tensor(image)], [torch.from_numpy(boxes)], [torch.from_numpy(labels)], priors, regress_boxes
+            )[0]
+        return self._detections(out, image.shape[:2], scores=torch.ones(n))

@@ -1,0 +1,1 @@
+from .checkpoint import WeightsError, load_model, read_checkpoint, save_checkpoint

@@ -1,0 +1,142 @@
+"""The project's checkpoint format: state dict + metadata, with a checksum of the tensors.
+
+A checkpoint is a ``torch.save``d dict holding only plain values and tensors (so it loads with
+``weights_only=True``)::
+
+    {"format": "refinemask-cli", "format_version": 1, "config": {...ModelConfig...},
+     "state_dict": {...}, "sha256": "<hex of the tensors>", "meta": {...free-form plain values...}}
+
+Float tensors may be stored as float16 to halve the file; they are cast back to float32 on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model import ModelConfig, RefineMaskRCNN, build_model
+
+FORMAT = "refinemask-cli"
+FORMAT_VERSION = 1
+
+
+class WeightsError(Exception):
+    """A weights file that cannot be used; the message is one line for the user."""
+
+
+def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Checksum over names, dtypes, shapes and bytes of every tensor, in sorted key order."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def checkpoint_dict(model: RefineMaskRCNN, meta: dict[str, Any] | None = None, half: bool = False) -> dict[str, Any]:
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().clone()
+        if half and v.is_floating_point():
+            v = v.half()
+        sd[k] = v
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_dict(),
+        "state_dict": sd,
+        "sha256": tensors_sha256(sd),
+        "meta": dict(meta or {}),
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Save through a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: RefineMaskRCNN, path: str | os.PathLike, meta: dict[str, Any] | None = None,
+                    half: bool = False) -> str:
+    ckpt = checkpoint_dict(model, meta, half)
+    atomic_torch_save(ckpt, path)
+    return ckpt["sha256"]
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a checkpoint file (CPU, ``weights_only=True``) without building a model."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"{p}: weights file not found; pass --weights PATH to an existing .pt file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or a pickle with arbitrary objects
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{p}: not a readable refinemask checkpoint ({reason[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        hint = ""
+        if isinstance(ckpt, dict) and ("state_dict" in ckpt or any(str(k).startswith("backbone.") for k in ckpt)):
+            hint = "; convert it first with `refinemask weights convert SRC -o DST --from mmdet|torchvision`"
+        raise WeightsError(f"{p}: not a refinemask checkpoint{hint}")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise WeightsError(f"{p}: checkpoint format {ckpt['format_version']} is newer than this tool; upgrade refinemask")
+    for key in ("config", "state_dict", "sha256"):
+        if key not in ckpt:
+            raise WeightsError(f"{p}: checkpoint is missing its {key!r} entry")
+    if tensors_sha256(ckpt["state_dict"]) != ckpt["sha256"]:
+        raise WeightsError(f"{p}: tensor checksum mismatch (file damaged or edited); re-create or re-download it")
+    try:
+        ModelConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{p}: bad architecture config ({e})") from None
+    return ckpt
+
+
+def describe_mismatch(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """A one-line description of missing/unexpected keys and shape mismatches, or None if it fits."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for name, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {name}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts) or None
+
+
+def load_state_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
+    problem = describe_mismatch(model, state_dict)
+    if problem:
+        raise WeightsError(f"{source}: does not fit the architecture ({problem})")
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
+
+
+def load_model(path: str | os.PathLike) -> tuple[RefineMaskRCNN, dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights strictly (float32, CPU)."""
+    ckpt = read_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt["config"])
+    model = build_model(cfg)
+    load_state_strict(model, ckpt["state_dict"], str(path))
+    return model, ckpt
