@@ -84,14 +84,17 @@ def check_image(image: np.ndarray, index: int = 0) -> None:
 def paste_box_region(probs: torch.Tensor, box: torch.Tensor, height: int, width: int, threshold: float = 0.5):
     """Paste one ``(S, S)`` probability map spanning ``box`` into the image grid, only over the box.
 
+    Only pixels whose centres lie inside the box are sampled (outside it the map says nothing).
+
     Returns ``(x0, y0, mask)`` with ``mask`` a bool tensor over pixels ``[y0, y1) × [x0, x1)``.
     A pixel is sampled at its centre ``(x + 0.5, y + 0.5)``; the map's cells tile the box uniformly.
     """
     x1, y1, x2, y2 = (float(v) for v in box)
-    ix0 = max(int(math.floor(x1)), 0)
-    iy0 = max(int(math.floor(y1)), 0)
-    ix1 = min(int(math.ceil(x2)), width)
-    iy1 = min(int(math.ceil(y2)), height)
+    # the pixels whose centres lie in the box: j + 0.5 in [x1, x2)
+    ix0 = max(int(math.ceil(x1 - 0.5)), 0)
+    iy0 = max(int(math.ceil(y1 - 0.5)), 0)
+    ix1 = min(int(math.ceil(x2 - 0.5)), width)
+    iy1 = min(int(math.ceil(y2 - 0.5)), height)
     if ix1 <= ix0 or iy1 <= iy0:
         return 0, 0, torch.zeros((0, 0), dtype=torch.bool)
     bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
@@ -216,4 +219,6 @@ class Predictor:
             out = self.model.refine(
                 [self._to_tensor(image)], [torch.from_numpy(boxes)], [torch.from_numpy(labels)], priors, regress_boxes
             )[0]
+        if not regress_boxes:  # paste over the boxes exactly as given, not a float round trip
+            out["boxes"] = torch.from_numpy(boxes)
         return self._detections(out, image.shape[:2], scores=torch.ones(n))

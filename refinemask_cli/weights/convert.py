@@ -135,7 +135,7 @@ def convert_torchvision(path: str | Path, backbone: str = "resnet50",
     # torchvision < 0.13 named the FPN and RPN convs without the Conv2dNormActivation infix
     renamed = {}
     for key, value in state_dict.items():
-        if key.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor.")):
+        if key.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor.")) or key.endswith("num_batches_tracked"):
             continue
         key = re.sub(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$", r"backbone.fpn.\1_blocks.\2.0.\3", key)
         key = re.sub(r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.conv.0.0.\1", key)

@@ -1,0 +1,96 @@
+"""Predictor contract: odd sizes, bad dtypes, cropped masks, pasting geometry, priors."""
+import numpy as np
+import pytest
+import torch
+
+from refinemask_cli.model import build_model
+from refinemask_cli.predictor import Detections, InstanceMask, Predictor, masks_to_priors, paste_box_region
+
+from .helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return Predictor(build_model(tiny_config(box_score_thresh=0.0)), device="cpu")
+
+
+def test_predict_odd_size(predictor):
+    img = np.random.default_rng(0).integers(0, 255, (63, 97, 3), dtype=np.uint8)
+    dets = predictor.predict([img, img[:50, :41]])
+    assert len(dets) == 2 and isinstance(dets[0], Detections)
+    assert dets[0].image_size == (63, 97) and dets[1].image_size == (50, 41)
+    for d in dets:
+        assert d.boxes.shape == (len(d), 4) and len(d.masks) == len(d)
+        for m, b in zip(d.masks, d.boxes):
+            full = m.full(*d.image_size)
+            assert full.shape == d.image_size
+            assert m.x0 >= np.floor(b[0]) - 1 and m.y0 >= np.floor(b[1]) - 1
+
+
+def test_refine_odd_size_and_labels(predictor):
+    img = np.random.default_rng(1).integers(0, 255, (63, 97, 3), dtype=np.uint8)
+    boxes = np.array([[3.5, 4.0, 40.0, 60.0], [60.0, 0.0, 97.0, 63.0]], dtype=np.float32)
+    det = predictor.refine(img, boxes, np.array([0, 1]))
+    assert np.allclose(det.boxes, boxes) and det.labels.tolist() == [0, 1]
+    assert [m.mask.shape for m in det.masks] == [(56, 37), (63, 37)]  # pixel centres inside
+    empty = predictor.refine(img, np.zeros((0, 4)), np.zeros(0))
+    assert len(empty) == 0 and empty.masks == []
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((20, 20, 3), dtype=np.float32),
+    np.zeros((20, 20, 3), dtype=np.uint16),
+])
+def test_bad_dtype(predictor, bad):
+    with pytest.raises(TypeError, match="uint8"):
+        predictor.predict([bad])
+
+
+@pytest.mark.parametrize("bad", [np.zeros((20, 20), dtype=np.uint8), np.zeros((20, 20, 4), dtype=np.uint8)])
+def test_bad_shape(predictor, bad):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        predictor.refine(bad, np.array([[0, 0, 5, 5]]))
+
+
+def test_bad_boxes_and_labels(predictor):
+    img = np.zeros((20, 20, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="x2 > x1"):
+        predictor.refine(img, np.array([[5, 5, 5, 9]]))
+    with pytest.raises(ValueError, match="finite"):
+        predictor.refine(img, np.array([[0, 0, np.nan, 9]]))
+    with pytest.raises(ValueError, match="labels must be"):
+        predictor.refine(img, np.array([[0, 0, 5, 9]]), np.array([7]))
+
+
+def test_paste_is_subpixel_correct():
+    probs = torch.ones(112, 112)
+    x0, y0, m = paste_box_region(probs, torch.tensor([2.0, 3.0, 10.0, 7.0]), 20, 20)
+    assert (x0, y0) == (2, 3) and m.shape == (4, 8) and bool(m.all())
+    # a left-half map over a box [0, 8) covers exactly pixels 0..3
+    half = torch.zeros(112, 112)
+    half[:, :56] = 1
+    x0, _, m = paste_box_region(half, torch.tensor([0.0, 0.0, 8.0, 4.0]), 10, 10)
+    assert m[0].tolist() == [True] * 4 + [False] * 4
+    # a box partly outside the image is clipped
+    x0, y0, m = paste_box_region(probs, torch.tensor([-5.0, -5.0, 3.0, 3.0]), 10, 10)
+    assert (x0, y0, m.shape) == (0, 0, (3, 3))
+
+
+def test_instance_mask_round_trip():
+    full = np.zeros((10, 12), dtype=bool)
+    full[2:5, 3:9] = True
+    full[7, 10] = True
+    m = InstanceMask.from_full(full)
+    assert (m.x0, m.y0, m.mask.shape, m.area) == (3, 2, (6, 8), 19)
+    assert np.array_equal(m.full(10, 12), full)
+
+
+def test_masks_to_priors():
+    full = np.zeros((40, 40), dtype=bool)
+    full[10:30, 10:20] = True  # the left half of the box [10, 30) x [10, 30)
+    boxes = np.array([[10, 10, 30, 30], [0, 0, 5, 5]], dtype=np.float32)
+    priors = masks_to_priors([InstanceMask.from_full(full), None], boxes)
+    assert priors.shape == (2, 112, 112)
+    assert priors[0, :, :50].min() > 0.999 and priors[0, :, 62:].max() < 1e-6
+    assert priors[1].min() == 1  # box only
