@@ -1,0 +1,1 @@
+"""Model inputs built from files: datasets and augmentation for training."""

@@ -1,0 +1,81 @@
+"""A COCO instance dataset yielding ``(image float (3,H,W) in [0,1], target)`` for the model.
+
+Targets: ``boxes`` (n, 4) xyxy, ``labels`` (n,) 0-based model classes, ``masks`` (n, H, W) uint8.
+Crowd annotations are not instances (they are left out of targets).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..geometry import segmentation_to_mask
+from ..io.images import read_image
+
+
+class CocoInstances(Dataset):
+    def __init__(self, json_path: str | Path, images_dir: str | Path, flip_prob: float = 0.5,
+                 class_names: Sequence[str] | None = None, class_agnostic: bool = False,
+                 image_ids: Sequence[int] | None = None, min_box_size: float = 1.0):
+        self.images_dir = Path(images_dir)
+        with open(json_path) as f:
+            doc = json.load(f)
+        cats = sorted(doc["categories"], key=lambda c: c["id"])
+        self.category_names = [c["name"] for c in cats]
+        self.class_agnostic = class_agnostic
+        if class_agnostic:
+            self.cat_to_label = {c["id"]: 0 for c in cats}
+        else:
+            names = list(class_names) if class_names else self.category_names
+            by_name = {n: i for i, n in enumerate(names)}
+            self.cat_to_label = {c["id"]: by_name[c["name"]] for c in cats if c["name"] in by_name}
+        self.images = {im["id"]: im for im in doc["images"]}
+        self.anns: dict[int, list] = {i: [] for i in self.images}
+        for a in doc["annotations"]:
+            if a.get("iscrowd", 0) or a["category_id"] not in self.cat_to_label:
+                continue
+            x, y, w, h = a["bbox"]
+            if w < min_box_size or h < min_box_size:
+                continue
+            self.anns.setdefault(a["image_id"], []).append(a)
+        ids = image_ids if image_ids is not None else sorted(self.images)
+        self.ids = [i for i in ids if i in self.images]
+        self.flip_prob = flip_prob
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, idx: int):
+        info = self.images[self.ids[idx]]
+        img = read_image(self.images_dir / info["file_name"])
+        h, w = img.shape[:2]
+        anns = self.anns.get(info["id"], [])
+        masks = np.zeros((len(anns), h, w), dtype=np.uint8)
+        boxes = np.zeros((len(anns), 4), dtype=np.float32)
+        labels = np.zeros(len(anns), dtype=np.int64)
+        for k, a in enumerate(anns):
+            masks[k] = segmentation_to_mask(a["segmentation"], h, w)
+            x, y, bw, bh = a["bbox"]
+            boxes[k] = [x, y, x + bw, y + bh]
+            labels[k] = self.cat_to_label[a["category_id"]]
+        if self.flip_prob and torch.rand(()) < self.flip_prob:
+            img = img[:, ::-1]
+            masks = masks[:, :, ::-1]
+            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
+        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+        target = {
+            "boxes": torch.from_numpy(boxes.reshape(-1, 4)),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "image_id": int(info["id"]),
+        }
+        return image, target
+
+
+def collate(batch):
+    images, targets = zip(*batch)
+    return list(images), list(targets)

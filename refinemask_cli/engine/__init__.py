@@ -1,0 +1,1 @@
+"""Training and evaluation loops (no printing: progress goes through callbacks)."""

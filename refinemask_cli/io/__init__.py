@@ -1,0 +1,1 @@
+"""Reading and writing files: COCO JSON and images. Everything user-facing is validated here."""

@@ -1,0 +1,32 @@
+"""Images read the way an annotator saw them: RGB uint8 ``(H, W, 3)``.
+
+Grayscale is replicated to three channels, alpha is dropped, 16-bit is scaled to 8-bit, and the
+EXIF orientation is applied (OpenCV does this for colour reads).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class ImageReadError(ValueError):
+    pass
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: image file not found")
+    data = np.fromfile(str(p), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+    if img is None:
+        raise ImageReadError(f"{p}: not a readable image (corrupt or unsupported format)")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))

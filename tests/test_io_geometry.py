@@ -1,0 +1,102 @@
+"""Segmentation decoding, image reading (gray, RGBA, 16-bit, EXIF) and the COCO training dataset."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from refinemask_cli.data.coco_dataset import CocoInstances
+from refinemask_cli.geometry import segmentation_kind, segmentation_to_mask
+from refinemask_cli.io.images import ImageReadError, read_image
+
+
+def test_polygon_and_rles_decode_to_the_same_mask():
+    poly = [[2.0, 2.0, 12.0, 2.0, 12.0, 8.0, 2.0, 8.0]]
+    m = segmentation_to_mask(poly, 10, 16)
+    assert m.dtype == bool and m.shape == (10, 16) and m[5, 7] and not m[0, 0]
+    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    assert np.array_equal(segmentation_to_mask({"size": rle["size"], "counts": rle["counts"].decode()}, 10, 16), m)
+    flat = m.flatten(order="F").astype(np.uint8)
+    runs, last, count = [], 0, 0
+    for v in flat:
+        if v != last:
+            runs.append(count)
+            count, last = 0, v
+        count += 1
+    runs.append(count)
+    unc = {"size": [10, 16], "counts": runs}
+    assert segmentation_kind(unc) == "uncompressed_rle"
+    assert np.array_equal(segmentation_to_mask(unc, 10, 16), m)
+
+
+@pytest.mark.parametrize("segm,msg", [
+    ([[1.0, 2.0, 3.0, 4.0]], "coordinates"),
+    ([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]], "coordinates"),
+    ({"size": [5, 5], "counts": "abc"}, "does not match"),
+])
+def test_bad_segmentations(segm, msg):
+    with pytest.raises(ValueError, match=msg):
+        segmentation_to_mask(segm, 10, 16)
+
+
+def test_read_image_variants(tmp_path):
+    rgb = np.zeros((6, 9, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # red
+    cv2.imwrite(str(tmp_path / "c.png"), rgb[..., ::-1])
+    out = read_image(tmp_path / "c.png")
+    assert out.shape == (6, 9, 3) and out.dtype == np.uint8 and out[0, 0].tolist() == [200, 0, 0]
+    cv2.imwrite(str(tmp_path / "g.png"), np.full((6, 9), 77, np.uint8))
+    assert read_image(tmp_path / "g.png")[0, 0].tolist() == [77, 77, 77]
+    rgba = np.dstack([rgb[..., ::-1], np.full((6, 9), 10, np.uint8)])
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    assert read_image(tmp_path / "a.png").shape == (6, 9, 3)
+    cv2.imwrite(str(tmp_path / "d.png"), np.full((6, 9), 65535, np.uint16))
+    assert read_image(tmp_path / "d.png")[0, 0].tolist() == [255, 255, 255]
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        read_image(tmp_path / "bad.jpg")
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "none.jpg")
+
+
+def _exif_rotated_jpeg(path, img_bgr, orientation=6):
+    ok, buf = cv2.imencode(".jpg", img_bgr)
+    data = buf.tobytes()
+    # minimal APP1 Exif segment (big-endian TIFF) with one Orientation tag
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + \
+        orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    path.write_bytes(data[:2] + app1 + data[2:])
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    img = np.zeros((20, 40, 3), dtype=np.uint8)
+    _exif_rotated_jpeg(tmp_path / "r.jpg", img, orientation=6)  # rotate 90° clockwise when shown
+    assert read_image(tmp_path / "r.jpg").shape == (40, 20, 3)
+
+
+def test_coco_dataset_targets(tmp_path):
+    img = np.full((30, 40, 3), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    doc = {
+        "images": [{"id": 5, "file_name": "a.png", "width": 40, "height": 30}],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 9, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 9, "bbox": [2, 3, 10, 8], "iscrowd": 0,
+             "segmentation": [[2, 3, 12, 3, 12, 11, 2, 11]]},
+            {"id": 2, "image_id": 5, "category_id": 3, "bbox": [0, 0, 40, 30], "iscrowd": 1,
+             "segmentation": [[0, 0, 40, 0, 40, 30]]},
+        ],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    ds = CocoInstances(tmp_path / "a.json", tmp_path, flip_prob=0.0)
+    image, target = ds[0]
+    assert tuple(image.shape) == (3, 30, 40) and float(image.max()) <= 1.0
+    assert target["labels"].tolist() == [1]  # dog is the second category; the crowd one is left out
+    assert target["boxes"].tolist() == [[2.0, 3.0, 12.0, 11.0]]
+    assert target["masks"].shape == (1, 30, 40) and int(target["masks"].sum()) == 80
+    flipped = CocoInstances(tmp_path / "a.json", tmp_path, flip_prob=1.0)[0][1]
+    assert flipped["boxes"].tolist() == [[28.0, 3.0, 38.0, 11.0]]
+    assert int(flipped["masks"][0, 5, 30]) == 1 and int(flipped["masks"][0, 5, 5]) == 0
