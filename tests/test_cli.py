@@ -1,0 +1,35 @@
+"""CLI conventions through click's runner: exit codes and one-line errors."""
+from click.testing import CliRunner
+
+from refinemask_cli.cli import main
+
+
+def test_help_and_version():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0 and "weights" in r.output
+    assert CliRunner().invoke(main, ["--version"]).exit_code == 0
+
+
+def test_weights_info_missing_file_is_one_line(tmp_path):
+    r = CliRunner().invoke(main, ["weights", "info", str(tmp_path / "nope.pt")])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not found" in lines[0] and "Traceback" not in r.output
+
+
+def test_weights_info_garbage_file(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+    r = CliRunner().invoke(main, ["weights", "info", str(tmp_path / "bad.pt")])
+    assert r.exit_code == 1 and "not a readable" in r.output
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = CliRunner().invoke(main, ["--debug", "weights", "info", str(tmp_path / "nope.pt")])
+    assert r.exit_code == 1 and r.exception is not None
+
+
+def test_usage_error_exit_2():
+    r = CliRunner().invoke(main, ["weights", "convert", "x.pth"])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(main, ["weights", "convert", "x.pth", "-o", "y.pt", "--from", "caffe"])
+    assert r.exit_code == 2
