@@ -1,0 +1,23 @@
+"""GPU checks: run only where CUDA is present (skipped on CPU-only machines and in CI)."""
+import numpy as np
+import pytest
+import torch
+
+from refinemask_cli.model import build_model
+from refinemask_cli.predictor import Predictor
+
+from .helpers import ellipse_scene, tiny_config
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_predictor_cuda_matches_cpu_fp32():
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    img, mask, box = ellipse_scene()
+    cpu = Predictor(model, device="cpu").refine(img, box[None], np.array([0]))
+    gpu = Predictor(model, device="cuda", half=False).refine(img, box[None], np.array([0]))
+    a, b = cpu.masks[0].full(*img.shape[:2]), gpu.masks[0].full(*img.shape[:2])
+    assert (a != b).mean() < 0.01
+    half = Predictor(model, device="cuda", half=True).predict([img])
+    assert half[0].image_size == img.shape[:2]
