@@ -10,12 +10,31 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import __version__
-from .console import console, error, kv_table
+from .console import console, error, kv_table, summary_table, warn
 from .weights import WeightsError
 
 EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError)
+
+weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                              help="Checkpoint to use (default: the shipped default weights).")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where the model runs.")
+
+
+def make_predictor(weights: Path | None, device: str):
+    from .predictor import Predictor
+    from .weights.checkpoint import load_model, resolve_weights
+
+    model, ckpt = load_model(resolve_weights(weights))
+    return Predictor(model, device=device), ckpt
+
+
+def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it")
 
 
 class UserError(click.ClickException):
@@ -124,6 +143,96 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
         meta = {"source": "imagenet-mobilenet_v2", "source_file": src.name, "heads": "untrained"}
     digest = save_checkpoint(model, dst, meta, half=half)
     console.print(f"wrote {dst} ({model.cfg.backbone}, {model.cfg.num_classes} classes, sha256 {digest[:16]}…)")
+
+
+@main.command()
+@click.argument("input_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--images", "images_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the JSON's file_name entries are relative to.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Refined COCO JSON to write.")
+@weights_option
+@device_option
+@click.option("--prompt", type=click.Choice(["auto", "box", "mask"]), default="auto", show_default=True,
+              help="auto: the coarse mask where an annotation has one, else its box.")
+@click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True,
+              help="polygon (RLE for masks with holes) or RLE for every refined annotation.")
+@click.option("--simplify", type=float, default=0.0, show_default=True, help="Polygon simplification in pixels.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Keep the input where IoU(coarse mask, refined) is below this, and flag it.")
+@click.option("--regress-boxes", is_flag=True, help="Tighten loose boxes with one pass of the box head first.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV with one row per annotation: prompt, IoU(input, output), area change, flags.")
+@click.option("--vis-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write overlay PNGs (input red, refined green) here.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (and discard an old journal).")
+@handle_errors
+def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | None, device: str, prompt: str,
+           output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
+           report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool) -> None:
+    """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
+    import time
+
+    from .console import progress
+    from .io.coco import read_coco, write_json_atomic, write_text_atomic
+    from .jobs import refine as job
+    from .jobs.vis import write_overlay
+
+    refuse_overwrite(output, overwrite)
+    if report:
+        refuse_overwrite(report, overwrite)
+    options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes)
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir}: images folder not found")
+    doc = read_coco(input_json)
+    predictor, ckpt = make_predictor(weights, device)
+    journal = job.Journal(output, job.fingerprint(input_json.read_bytes(), ckpt["sha256"], options))
+    if journal.exists() and not resume:
+        if not overwrite:
+            raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
+                            "or --overwrite to start over")
+        journal.remove()
+    n_images = len({a.get("image_id") for a in doc["annotations"] if not a.get("iscrowd", 0)})
+    state = {"instances": 0, "t0": time.perf_counter()}
+
+    def on_result(info, image, results):
+        if vis_dir is not None:
+            ids = {r["id"] for r in results}
+            before = [a for a in doc["annotations"] if a["id"] in ids]
+            after = [{**a, **(r["fields"] or {})} for a, r in zip(before, results)]
+            write_overlay(vis_dir / f"{Path(info['file_name']).stem}_{info['id']}.png", image, before, after)
+
+    with progress(n_images) as bar:
+        task = bar.add_task("refine", total=n_images, instances=0, rate=0.0)
+
+        def on_image(n, k):
+            state["instances"] += k
+            rate = state["instances"] / max(time.perf_counter() - state["t0"], 1e-9)
+            bar.update(task, advance=n, instances=state["instances"], rate=rate)
+
+        out, rows, stats = job.refine_dataset(doc, images_dir, predictor, options, journal, resume, on_image,
+                                              on_result)
+    write_json_atomic(out, output, overwrite=True)
+    if report:
+        write_text_atomic(job.report_csv(rows), report, overwrite=True)
+    journal.remove()
+    elapsed = time.perf_counter() - state["t0"]
+    ious = [r["iou_input_output"] for r in rows]
+    table_rows = [
+        ("images", str(stats.images) + (f" ({stats.resumed_images} from the journal)" if stats.resumed_images else "")),
+        ("annotations refined", str(stats.annotations - stats.kept_input)),
+        ("kept as input (flagged)", str(stats.kept_input)),
+        ("crowd (passed through)", str(stats.crowd_skipped)),
+        ("prompts", ", ".join(f"{k} {v}" for k, v in sorted(stats.by_prompt.items())) or "-"),
+        ("mean IoU(input, output)", f"{np.mean(ious):.3f}" if ious else "-"),
+        ("flags", ", ".join(f"{k} {v}" for k, v in sorted(stats.flags.items())) or "none"),
+        ("time", f"{elapsed:.1f} s ({stats.annotations / max(elapsed, 1e-9):.1f} instances/s)"),
+        ("output", str(output)),
+    ]
+    console.print(summary_table("refinemask refine", table_rows))
+    if not rows:
+        warn(f"{input_json}: no non-crowd annotations to refine; the output equals the input")
 
 
 if __name__ == "__main__":  # pragma: no cover

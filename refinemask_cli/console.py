@@ -30,3 +30,30 @@ def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def progress(total_images: int):
+    """A rich progress bar for images with an instances/s readout; silent when not on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images · {task.fields[instances]} instances · {task.fields[rate]:.1f} inst/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=False,
+    )
+
+
+def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.show_header = False
+    for k, v in rows:
+        table.add_row(k, v)
+    return table

@@ -2,3 +2,6 @@
 from .masks import segmentation_kind, segmentation_to_mask
 
 __all__ = ["segmentation_kind", "segmentation_to_mask"]
+from .polygons import Outline, encode_rle, mask_bbox, mask_to_outline  # noqa: E402
+
+__all__ += ["Outline", "encode_rle", "mask_bbox", "mask_to_outline"]

@@ -133,6 +133,26 @@ def load_state_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
+DEFAULT_WEIGHTS_NAME = "refinemask_mnv2_agnostic.pt"
+
+
+def default_weights_path() -> Path:
+    """``$REFINEMASK_WEIGHTS``, else the shipped default in the repository's ``weights/`` folder."""
+    env = os.environ.get("REFINEMASK_WEIGHTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "weights" / DEFAULT_WEIGHTS_NAME
+
+
+def resolve_weights(path: str | os.PathLike | None) -> Path:
+    if path:
+        return Path(path)
+    p = default_weights_path()
+    if not p.is_file():
+        raise WeightsError(f"no default weights at {p}; pass --weights PATH (see weights/README.md)")
+    return p
+
+
 def load_model(path: str | os.PathLike) -> tuple[RefineMaskRCNN, dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights strictly (float32, CPU)."""
     ckpt = read_checkpoint(path)

@@ -1,0 +1,204 @@
+"""COCO instance files: read with clear errors, check the way pycocotools and training code use them,
+and write atomically.
+
+``check_dataset`` returns every problem with the id it concerns; callers decide whether warnings
+matter. Errors are what would make pycocotools, training or refinement fail or silently go wrong.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..geometry.masks import segmentation_kind
+
+
+class CocoError(ValueError):
+    """A COCO file that cannot be used; the message is one line naming the file and what to fix."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    level: str  # "error" or "warning"
+    where: str  # "image 12", "annotation 7", "category 3", "file"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def read_json(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise CocoError(f"{p}: file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CocoError(f"{p}: not UTF-8 text; is this a JSON file?") from None
+    if not text.strip():
+        raise CocoError(f"{p}: file is empty; expected a COCO JSON document")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CocoError(f"{p}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+
+
+def read_coco(path: str | Path) -> dict:
+    """A COCO dataset document with the top-level structure checked (not the contents)."""
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        if isinstance(doc, list):
+            raise CocoError(f"{path}: this is a COCO results list, not a dataset; "
+                            "a dataset has 'images', 'annotations' and 'categories'")
+        raise CocoError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
+    for key in ("images", "annotations"):
+        if key not in doc:
+            raise CocoError(f"{path}: missing '{key}' list; a COCO instances file needs images, annotations "
+                            "and categories")
+        if not isinstance(doc[key], list):
+            raise CocoError(f"{path}: '{key}' must be a list, got {type(doc[key]).__name__}")
+    if "categories" in doc and not isinstance(doc["categories"], list):
+        raise CocoError(f"{path}: 'categories' must be a list")
+    return doc
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_ids(items: list, kind: str, problems: list[Problem]) -> dict:
+    by_id: dict = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "id" not in item:
+            problems.append(Problem("error", f"{kind} #{i}", "entry has no 'id'"))
+            continue
+        if not isinstance(item["id"], int) or isinstance(item["id"], bool):
+            problems.append(Problem("error", f"{kind} #{i}", f"id {item['id']!r} is not an integer"))
+            continue
+        if item["id"] in by_id:
+            problems.append(Problem("error", f"{kind} {item['id']}", "duplicate id; ids must be unique"))
+            continue
+        by_id[item["id"]] = item
+    return by_id
+
+
+def check_segmentation(segm: Any, height: int, width: int) -> str | None:
+    """Why a segmentation is unusable for an image of this size, or None."""
+    try:
+        kind = segmentation_kind(segm)
+    except ValueError as e:
+        return str(e)
+    if kind == "polygon":
+        for k, poly in enumerate(segm):
+            if not isinstance(poly, list) or not all(_finite_number(v) for v in poly):
+                return f"polygon {k} is not a list of finite numbers"
+            if len(poly) < 6 or len(poly) % 2:
+                return f"polygon {k} has {len(poly)} coordinates; needs an even count of at least 6"
+    elif kind in ("rle", "uncompressed_rle"):
+        size = segm.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            return "RLE 'size' must be [height, width]"
+        if size != [height, width]:
+            return f"RLE size {size[0]}x{size[1]} does not match the image's {height}x{width}"
+        if kind == "uncompressed_rle" and sum(segm["counts"]) != height * width:
+            return f"uncompressed RLE counts sum to {sum(segm['counts'])}, expected {height * width}"
+    return None
+
+
+def check_bbox(bbox: Any, height: int, width: int) -> tuple[str, str] | None:
+    """(level, reason) for a bad COCO ``[x, y, w, h]`` box, or None."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
+        return "error", f"bbox {bbox!r} must be 4 finite numbers [x, y, width, height]"
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return "error", f"bbox {bbox} has zero or negative width/height"
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "error", f"bbox {bbox} lies outside the {width}x{height} image"
+    if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+        return "warning", f"bbox {bbox} extends past the {width}x{height} image (will be clipped)"
+    return None
+
+
+def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Problem]:
+    """Every problem of a COCO dataset document, each naming its image/annotation/category id."""
+    problems: list[Problem] = []
+    images = _check_ids(doc.get("images", []), "image", problems)
+    anns = _check_ids(doc.get("annotations", []), "annotation", problems)
+    if "categories" not in doc:
+        problems.append(Problem("error", "file", "no 'categories' list"))
+    categories = _check_ids(doc.get("categories", []), "category", problems)
+    for img_id, img in images.items():
+        w, h = img.get("width"), img.get("height")
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            problems.append(Problem("error", f"image {img_id}", f"width/height must be positive integers, got {w!r}/{h!r}"))
+        if not isinstance(img.get("file_name"), str) or not img.get("file_name"):
+            problems.append(Problem("error", f"image {img_id}", "missing 'file_name'"))
+        elif images_dir is not None and not (Path(images_dir) / img["file_name"]).is_file():
+            problems.append(Problem("error", f"image {img_id}",
+                                    f"file {img['file_name']} not found in {images_dir}"))
+    for ann_id, ann in anns.items():
+        where = f"annotation {ann_id}"
+        img = images.get(ann.get("image_id"))
+        if img is None:
+            problems.append(Problem("error", where, f"image_id {ann.get('image_id')!r} is not in 'images'"))
+            continue
+        if ann.get("category_id") not in categories:
+            problems.append(Problem("error", where, f"category_id {ann.get('category_id')!r} is not in 'categories'"))
+        w, h = img.get("width"), img.get("height")
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            continue
+        if "bbox" not in ann:
+            if segmentation_kind_safe(ann.get("segmentation")) == "none":
+                problems.append(Problem("error", where, "has neither bbox nor segmentation"))
+        else:
+            bad = check_bbox(ann["bbox"], h, w)
+            if bad:
+                problems.append(Problem(bad[0], where, bad[1]))
+        if "segmentation" in ann and segmentation_kind_safe(ann["segmentation"]) != "none":
+            reason = check_segmentation(ann["segmentation"], h, w)
+            if reason:
+                problems.append(Problem("error", where, reason))
+        if ann.get("iscrowd", 0) not in (0, 1):
+            problems.append(Problem("error", where, f"iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}"))
+    return problems
+
+
+def segmentation_kind_safe(segm: Any) -> str:
+    try:
+        return segmentation_kind(segm)
+    except ValueError:
+        return "invalid"
+
+
+def first_error(problems: Iterable[Problem]) -> Problem | None:
+    return next((p for p in problems if p.level == "error"), None)
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def write_text_atomic(text: str, path: str | Path, overwrite: bool = False) -> None:
+    """Write through a temp file in the same folder and rename; refuse to replace without ``overwrite``."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise CocoError(f"{p} exists; pass --overwrite to replace it")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(doc: Any, path: str | Path, overwrite: bool = False) -> None:
+    write_text_atomic(dumps(doc), path, overwrite)

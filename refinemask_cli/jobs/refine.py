@@ -1,0 +1,341 @@
+"""Refine every non-crowd annotation of a COCO dataset; the output is the same document with only
+``segmentation``, ``area`` and ``bbox`` of refined annotations replaced.
+
+Plain functions over a parsed document and a ``Predictor``; progress goes through a callback and
+a journal (one JSON line per finished image) makes an interrupted run resumable with exactly the
+result of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..geometry import encode_rle, mask_bbox, mask_to_outline, segmentation_to_mask
+from ..io.coco import CocoError, check_dataset, dumps, first_error, segmentation_kind_safe
+from ..io.images import ImageReadError, read_image
+from ..predictor import InstanceMask, Predictor
+
+PROMPTS = ("auto", "box", "mask")
+FORMATS = ("polygon", "rle")
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    prompt: str = "auto"
+    output_format: str = "polygon"
+    simplify: float = 0.0
+    min_agreement: float | None = None
+    regress_boxes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"prompt must be one of {PROMPTS}")
+        if self.output_format not in FORMATS:
+            raise ValueError(f"output format must be one of {FORMATS}")
+        if self.simplify < 0:
+            raise ValueError("--simplify must be >= 0 pixels")
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError("--min-agreement must be an IoU in [0, 1]")
+
+
+@dataclass
+class ReportRow:
+    annotation_id: int
+    image_id: int
+    category_id: int
+    prompt: str
+    iou_input_output: float
+    area_input: float
+    area_output: float
+    flags: str = ""
+
+
+@dataclass
+class RefineStats:
+    images: int = 0
+    annotations: int = 0
+    crowd_skipped: int = 0
+    kept_input: int = 0
+    by_prompt: dict[str, int] = field(default_factory=dict)
+    flags: dict[str, int] = field(default_factory=dict)
+    resumed_images: int = 0
+
+
+# -- geometry helpers ---------------------------------------------------------------------------
+def crop_iou(a: InstanceMask, b: InstanceMask) -> float:
+    """IoU of two cropped masks, computed over the union of their crops only."""
+    if a.mask.size == 0 and b.mask.size == 0:
+        return 1.0
+    if a.mask.size == 0 or b.mask.size == 0:
+        return 0.0
+    x0, y0 = min(a.x0, b.x0), min(a.y0, b.y0)
+    x1 = max(a.x0 + a.mask.shape[1], b.x0 + b.mask.shape[1])
+    y1 = max(a.y0 + a.mask.shape[0], b.y0 + b.mask.shape[0])
+    canvas = np.zeros((2, y1 - y0, x1 - x0), dtype=bool)
+    for k, m in enumerate((a, b)):
+        canvas[k, m.y0 - y0 : m.y0 - y0 + m.mask.shape[0], m.x0 - x0 : m.x0 - x0 + m.mask.shape[1]] = m.mask
+    union = np.logical_or(canvas[0], canvas[1]).sum()
+    return float(np.logical_and(canvas[0], canvas[1]).sum() / union) if union else 1.0
+
+
+def box_mask(box: np.ndarray, height: int, width: int) -> InstanceMask:
+    """The pixels whose centres lie in an xyxy box."""
+    x0, y0 = max(int(np.ceil(box[0] - 0.5)), 0), max(int(np.ceil(box[1] - 0.5)), 0)
+    x1, y1 = min(int(np.ceil(box[2] - 0.5)), width), min(int(np.ceil(box[3] - 0.5)), height)
+    return InstanceMask(x0, y0, np.ones((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=bool))
+
+
+def encode_output(mask: InstanceMask, height: int, width: int, options: RefineOptions) -> tuple[dict, list[str]]:
+    """New ``segmentation``, ``area``, ``bbox`` for a refined mask, and flags."""
+    flags = []
+    area = float(mask.area)
+    bbox = mask_bbox(mask.mask, (mask.x0, mask.y0))
+    if options.output_format == "rle":
+        segm = encode_rle(mask.full(height, width))
+    else:
+        outline = mask_to_outline(mask.mask, options.simplify, (mask.x0, mask.y0))
+        if outline.holes:
+            segm = encode_rle(mask.full(height, width))
+            flags.append("holes->rle")
+        else:
+            segm = outline.polygons
+    return {"segmentation": segm, "area": area, "bbox": [round(v, 2) for v in bbox]}, flags
+
+
+# -- planning -----------------------------------------------------------------------------------
+def model_labels(doc: dict, predictor: Predictor) -> dict[int, int]:
+    """category_id → model class index (all 0 for a class-agnostic model)."""
+    cfg = predictor.model.cfg
+    cats = doc.get("categories", [])
+    if cfg.class_agnostic == "all":
+        return {c["id"]: 0 for c in cats}
+    index = {n: i for i, n in enumerate(cfg.class_names)}
+    out = {}
+    for c in cats:
+        if c.get("name") not in index:
+            raise CocoError(f"category {c['id']} ({c.get('name')!r}) is not one of the model's "
+                            f"{cfg.num_classes} classes; use class-agnostic weights or rename the category")
+        out[c["id"]] = index[c["name"]]
+    return out
+
+
+def annotation_prompt(ann: dict, prompt: str) -> str:
+    has_mask = segmentation_kind_safe(ann.get("segmentation")) not in ("none", "invalid")
+    if prompt == "auto":
+        return "mask" if has_mask else "box"
+    if prompt == "mask" and not has_mask:
+        raise CocoError(f"annotation {ann['id']}: --prompt mask but it has no segmentation; use --prompt auto")
+    return prompt
+
+
+def validate_for_refine(doc: dict, images_dir: Path, options: RefineOptions) -> dict[int, list[dict]]:
+    """Check the whole document before any work; returns the annotations to refine per image id."""
+    problem = first_error(check_dataset(doc, images_dir))
+    if problem:
+        raise CocoError(f"{problem}")
+    per_image: dict[int, list[dict]] = {}
+    for ann in doc["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        annotation_prompt(ann, options.prompt)  # raises for --prompt mask without a mask
+        per_image.setdefault(ann["image_id"], []).append(ann)
+    return per_image
+
+
+# -- one image ----------------------------------------------------------------------------------
+def refine_image(
+    predictor: Predictor, image: np.ndarray, info: dict, anns: list[dict], labels: dict[int, int],
+    options: RefineOptions,
+) -> list[dict]:
+    """Per annotation: ``{"id", "fields" (or None to keep the input), "report"}``."""
+    h, w = image.shape[:2]
+    boxes, coarse, prompts = [], [], []
+    for ann in anns:
+        prompt = annotation_prompt(ann, options.prompt)
+        mask = None
+        if segmentation_kind_safe(ann.get("segmentation")) not in ("none", "invalid"):
+            mask = InstanceMask.from_full(segmentation_to_mask(ann["segmentation"], h, w))
+        if "bbox" in ann:
+            x, y, bw, bh = ann["bbox"]
+            box = np.array([x, y, x + bw, y + bh], dtype=np.float32)
+        else:
+            x, y, bw, bh = mask_bbox(mask.mask, (mask.x0, mask.y0))
+            box = np.array([x, y, x + bw, y + bh], dtype=np.float32)
+        box = np.clip(box, 0, [w, h, w, h]).astype(np.float32)
+        boxes.append(box)
+        coarse.append(mask)
+        prompts.append(prompt)
+    box_arr = np.stack(boxes) if boxes else np.zeros((0, 4), np.float32)
+    label_arr = np.array([labels[a["category_id"]] for a in anns], dtype=np.int64)
+    priors = [m if p == "mask" else None for m, p in zip(coarse, prompts)]
+    det = predictor.refine(image, box_arr, label_arr, priors, options.regress_boxes)
+    results = []
+    for ann, refined, given, prompt, box in zip(anns, det.masks, coarse, prompts, box_arr):
+        reference = given if prompt == "mask" else box_mask(box, h, w)
+        iou = crop_iou(reference, refined)
+        flags = []
+        fields = None
+        if refined.area == 0:
+            flags.append("empty-output:kept-input")
+        elif prompt == "mask" and options.min_agreement is not None and iou < options.min_agreement:
+            flags.append("low-agreement:kept-input")
+        else:
+            fields, enc_flags = encode_output(refined, h, w, options)
+            flags += enc_flags
+        report = ReportRow(
+            annotation_id=ann["id"], image_id=info["id"], category_id=ann["category_id"], prompt=prompt,
+            iou_input_output=round(iou, 6), area_input=float(reference.area),
+            area_output=float(refined.area if fields else reference.area), flags=";".join(flags),
+        )
+        results.append({"id": ann["id"], "fields": fields, "report": asdict(report)})
+    return results
+
+
+# -- journal ------------------------------------------------------------------------------------
+class Journal:
+    """Finished images, one JSON line each, beside the output; a torn last line is ignored."""
+
+    def __init__(self, output: Path, fingerprint: str):
+        self.path = output.with_name(output.name + ".journal")
+        self.fingerprint = fingerprint
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> dict[int, list[dict]]:
+        done: dict[int, list[dict]] = {}
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        if not lines or not lines[0]:
+            return done
+        header = json.loads(lines[0])
+        if header.get("fingerprint") != self.fingerprint:
+            raise CocoError(f"{self.path}: journal was written for another input, weights or options; "
+                            "pass --overwrite to start over")
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the run was stopped
+            done[rec["image_id"]] = rec["results"]
+        return done
+
+    def start(self) -> None:
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+
+    def append(self, image_id: int, results: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"image_id": image_id, "results": results}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def fingerprint(input_bytes: bytes, weights_sha: str, options: RefineOptions) -> str:
+    h = hashlib.sha256(input_bytes)
+    h.update(weights_sha.encode())
+    h.update(json.dumps(asdict(options), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+# -- the whole dataset ----------------------------------------------------------------------------
+ProgressFn = Callable[[int, int], None]  # (images done, instances in that image)
+
+
+def iter_images(doc: dict, per_image: dict[int, list[dict]]) -> Iterator[dict]:
+    for info in doc["images"]:
+        if info["id"] in per_image:
+            yield info
+
+
+def load_checked_image(images_dir: Path, info: dict) -> np.ndarray:
+    try:
+        image = read_image(images_dir / info["file_name"])
+    except ImageReadError as e:
+        raise CocoError(f"image {info['id']}: {e}") from None
+    h, w = image.shape[:2]
+    if (h, w) != (info["height"], info["width"]):
+        raise CocoError(f"image {info['id']} ({info['file_name']}): file is {w}x{h} but the JSON says "
+                        f"{info['width']}x{info['height']}; fix width/height in the JSON")
+    return image
+
+
+def refine_dataset(
+    doc: dict,
+    images_dir: Path,
+    predictor: Predictor,
+    options: RefineOptions,
+    journal: Journal | None = None,
+    resume: bool = False,
+    on_image: ProgressFn | None = None,
+    on_result: Callable[[dict, np.ndarray, list[dict]], None] | None = None,
+) -> tuple[dict, list[dict], RefineStats]:
+    """The refined document, the report rows and counts. ``doc`` itself is not modified."""
+    per_image = validate_for_refine(doc, images_dir, options)
+    labels = model_labels(doc, predictor)
+    stats = RefineStats(crowd_skipped=sum(1 for a in doc["annotations"] if a.get("iscrowd", 0)))
+    done: dict[int, list[dict]] = journal.load() if (journal and resume and journal.exists()) else {}
+    if journal and not done:
+        journal.start()
+    stats.resumed_images = len(done)
+    results_by_image: dict[int, list[dict]] = dict(done)
+    for info in iter_images(doc, per_image):
+        if info["id"] in done:
+            if on_image:
+                on_image(1, len(per_image[info["id"]]))
+            continue
+        image = load_checked_image(images_dir, info)
+        results = refine_image(predictor, image, info, per_image[info["id"]], labels, options)
+        if journal:
+            journal.append(info["id"], results)
+        if on_result:
+            on_result(info, image, results)
+        results_by_image[info["id"]] = results
+        if on_image:
+            on_image(1, len(results))
+    out = copy.deepcopy(doc)
+    by_id = {a["id"]: a for a in out["annotations"]}
+    rows = []
+    for info in iter_images(doc, per_image):
+        stats.images += 1
+        for res in results_by_image[info["id"]]:
+            stats.annotations += 1
+            rep = res["report"]
+            stats.by_prompt[rep["prompt"]] = stats.by_prompt.get(rep["prompt"], 0) + 1
+            for flag in filter(None, rep["flags"].split(";")):
+                stats.flags[flag] = stats.flags.get(flag, 0) + 1
+            if res["fields"] is None:
+                stats.kept_input += 1
+            else:
+                ann = by_id[res["id"]]
+                for key in ("segmentation", "area", "bbox"):
+                    ann[key] = res["fields"][key]
+            rows.append(rep)
+    return out, rows, stats
+
+
+def report_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["annotation_id", "image_id", "category_id", "prompt", "iou_input_output", "area_input",
+              "area_output", "area_change", "flags"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        change = (r["area_output"] - r["area_input"]) / r["area_input"] if r["area_input"] else 0.0
+        writer.writerow({**r, "area_change": round(change, 6)})
+    return buf.getvalue()
+
+
+__all__ = ["RefineOptions", "refine_dataset", "report_csv", "Journal", "fingerprint", "dumps"]

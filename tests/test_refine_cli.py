@@ -1,0 +1,200 @@
+"""`refinemask refine` through click's runner: round trip, nothing lost, bad input, resume."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pycocotools.coco import COCO
+
+from refinemask_cli.cli import main
+from refinemask_cli.jobs import refine as job
+from refinemask_cli.io.coco import read_coco
+from refinemask_cli.predictor import Predictor
+from refinemask_cli.weights import load_model
+
+from .cocofix import make_dataset, tiny_weights
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return tiny_weights(tmp_path_factory.mktemp("w") / "tiny.pt")
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return make_dataset(tmp_path), tmp_path
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_round_trip_keeps_everything(weights, data):
+    src, root = data
+    out, report = root / "refined.json", root / "report.csv"
+    r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--device", "cpu",
+            "--report", report, "--vis-dir", root / "vis")
+    assert r.exit_code == 0, r.output
+    assert "refinemask refine" in r.output
+    before, after = json.loads(src.read_text()), json.loads(out.read_text())
+    assert list(after) == list(before)
+    for key in ("info", "licenses", "images", "categories", "my_key"):
+        assert after[key] == before[key]
+    assert [a["id"] for a in after["annotations"]] == [a["id"] for a in before["annotations"]]
+    for a, b in zip(after["annotations"], before["annotations"]):
+        assert (a["image_id"], a["category_id"], a["iscrowd"]) == (b["image_id"], b["category_id"], b["iscrowd"])
+        changed = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+        assert changed <= {"segmentation", "area", "bbox"}
+        if b["iscrowd"]:
+            assert a == b
+        else:
+            assert "segmentation" in a and list(a)[: len(b)] == list(b)
+    gt = COCO(str(out))
+    assert len(gt.getAnnIds()) == len(before["annotations"])
+    res = gt.loadRes([{**a, "score": 1.0} for a in after["annotations"] if not a["iscrowd"]])
+    assert len(res.getAnnIds()) == 6
+    rows = report.read_text().splitlines()
+    assert rows[0].startswith("annotation_id,image_id,category_id,prompt,iou_input_output")
+    assert len(rows) == 1 + 6
+    assert {r.split(",")[3] for r in rows[1:]} == {"box", "mask"}
+    assert len(list((root / "vis").glob("*.png"))) == 2
+
+
+def test_prompt_box_and_rle_output(weights, data):
+    src, root = data
+    out = root / "o.json"
+    r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--prompt", "box",
+            "--output-format", "rle", "--report", root / "r.csv")
+    assert r.exit_code == 0, r.output
+    anns = [a for a in json.loads(out.read_text())["annotations"] if not a["iscrowd"]]
+    assert all(isinstance(a["segmentation"], dict) for a in anns if "segmentation" in a)
+    assert "mask" not in (root / "r.csv").read_text().split("\n", 1)[1]
+
+
+def test_min_agreement_keeps_input_and_flags(weights, data):
+    src, root = data
+    out = root / "o.json"
+    r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--min-agreement", "1.0",
+            "--report", root / "r.csv")
+    assert r.exit_code == 0, r.output
+    before = {a["id"]: a for a in json.loads(src.read_text())["annotations"]}
+    for a in json.loads(out.read_text())["annotations"]:
+        if "segmentation" in before[a["id"]] and not a["iscrowd"]:
+            assert a == before[a["id"]]
+    assert "low-agreement:kept-input" in (root / "r.csv").read_text()
+
+
+def test_refuses_to_overwrite(weights, data):
+    src, root = data
+    out = root / "o.json"
+    out.write_text("precious")
+    r = run("refine", src, "--images", root, "-o", out, "--weights", weights)
+    assert r.exit_code == 1 and "--overwrite" in r.output and out.read_text() == "precious"
+
+
+def _mutate(src, fn):
+    doc = json.loads(src.read_text())
+    fn(doc)
+    src.write_text(json.dumps(doc))
+
+
+BAD_DOCS = {
+    "duplicate annotation id": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "duplicate id"),
+    "duplicate image id": (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "duplicate id"),
+    "unknown category": (lambda d: d["annotations"][0].update(category_id=99), "category_id 99"),
+    "missing image ref": (lambda d: d["annotations"][0].update(image_id=12345), "image_id 12345"),
+    "zero box": (lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10]), "zero or negative"),
+    "negative box": (lambda d: d["annotations"][0].update(bbox=[5, 5, -3, 10]), "zero or negative"),
+    "nan box": (lambda d: d["annotations"][0].update(bbox=[5, 5, float("nan"), 10]), "finite"),
+    "box outside": (lambda d: d["annotations"][0].update(bbox=[500, 5, 10, 10]), "outside"),
+    "odd polygon": (lambda d: d["annotations"][1].update(segmentation=[[1, 2, 3, 4, 5, 6, 7]]), "even count"),
+    "short polygon": (lambda d: d["annotations"][1].update(segmentation=[[1, 2, 3, 4]]), "at least 6"),
+    "rle wrong size": (lambda d: d["annotations"][2]["segmentation"].update(size=[5, 5]), "does not match"),
+    "missing file": (lambda d: d["images"][0].update(file_name="nope.png"), "not found"),
+    "missing images": (lambda d: d.pop("images"), "missing 'images'"),
+    "missing annotations": (lambda d: d.pop("annotations"), "missing 'annotations'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCS))
+def test_bad_documents_one_line_no_output(weights, data, case):
+    src, root = data
+    fn, needle = BAD_DOCS[case]
+    _mutate(src, fn)
+    out = root / "o.json"
+    r = run("refine", src, "--images", root, "-o", out, "--weights", weights)
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert not out.exists() and not list(root.glob(".o.json*"))
+
+
+@pytest.mark.parametrize("content,needle", [("{not json", "malformed JSON"), ("", "empty"), ("[]", "results list")])
+def test_malformed_files(weights, data, content, needle):
+    src, root = data
+    src.write_text(content)
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights)
+    assert r.exit_code == 1 and needle in r.output and not (root / "o.json").exists()
+
+
+def test_unreadable_image_and_size_mismatch(weights, data):
+    src, root = data
+    (root / "img_1.png").write_bytes(b"garbage")
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights)
+    assert r.exit_code == 1 and "image 11" in r.output and not (root / "o.json").exists()
+    cv2.imwrite(str(root / "img_1.png"), np.zeros((10, 10, 3), np.uint8))
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights, "--overwrite")
+    assert r.exit_code == 1 and "image 11" in r.output and "10x10" in r.output
+
+
+def test_bad_weights(tmp_path, data):
+    src, root = data
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", tmp_path / "none.pt")
+    assert r.exit_code == 1 and "not found" in r.output
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04broken")
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", tmp_path / "trunc.pt")
+    assert r.exit_code == 1 and "not a readable" in r.output
+    other = tiny_weights(tmp_path / "coco.pt", train_steps=0, num_classes=2, class_names=("a", "b"), class_agnostic="none")
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", other)
+    assert r.exit_code == 1 and "not one of the model's" in r.output
+    assert not (root / "o.json").exists()
+
+
+def test_empty_annotations_is_not_an_error(weights, data):
+    src, root = data
+    _mutate(src, lambda d: d.update(annotations=[]))
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights)
+    assert r.exit_code == 0 and "no non-crowd annotations" in r.output
+    assert json.loads((root / "o.json").read_text()) == json.loads(src.read_text())
+
+
+def test_resume_after_interruption_gives_identical_output(weights, tmp_path):
+    src = make_dataset(tmp_path, n_images=4)
+    full = tmp_path / "full.json"
+    assert run("refine", src, "--images", tmp_path, "-o", full, "--weights", weights).exit_code == 0
+    out = tmp_path / "resumed.json"
+    model, ckpt = load_model(weights)
+    predictor = Predictor(model, device="cpu")
+    options = job.RefineOptions()
+    journal = job.Journal(out, job.fingerprint(src.read_bytes(), ckpt["sha256"], options))
+    calls = []
+
+    def stop_after_two(n, k):
+        calls.append(n)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C / the machine went down
+
+    with pytest.raises(KeyboardInterrupt):
+        job.refine_dataset(read_coco(src), tmp_path, predictor, options, journal, on_image=stop_after_two)
+    assert not out.exists()
+    with open(journal.path, "a") as f:
+        f.write('{"image_id": 12, "resu')  # a torn last line from the kill
+    r = run("refine", src, "--images", tmp_path, "-o", out, "--weights", weights)
+    assert r.exit_code == 1 and "--resume" in r.output
+    r = run("refine", src, "--images", tmp_path, "-o", out, "--weights", weights, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "2 from the journal" in r.output
+    assert out.read_bytes() == full.read_bytes()
+    assert not journal.path.exists()
