@@ -235,5 +235,141 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         warn(f"{input_json}: no non-crowd annotations to refine; the output equals the input")
 
 
+def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: bool):
+    from .jobs import formats
+
+    stems = formats.stem_names(doc)
+    paths = {im["id"]: formats.relative_image_path(im["file_name"], images_dir, out_dir) for im in doc["images"]}
+    docs, losses = formats.to_labelme(doc, paths)
+    from .io.coco import dumps
+
+    formats.write_dir_atomic({f"{stems[i]}.json": dumps(d) for i, d in docs.items()}, out_dir, overwrite)
+    return losses
+
+
+@main.command()
+@click.argument("images_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="COCO JSON file (coco, coco-results) or a folder (labelme).")
+@click.option("--format", "fmt", type=click.Choice(["coco", "coco-results", "labelme"]), default="coco",
+              show_default=True, help="coco: a full dataset; coco-results: a results list; labelme: one JSON per image.")
+@click.option("--score-threshold", type=float, default=0.5, show_default=True)
+@click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True)
+@click.option("--simplify", type=float, default=0.0, show_default=True, help="Polygon simplification in pixels.")
+@weights_option
+@device_option
+@click.option("--vis-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write overlay PNGs of the predicted outlines here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@handle_errors
+def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, output_format: str, simplify: float,
+            weights: Path | None, device: str, vis_dir: Path | None, overwrite: bool) -> None:
+    """Detect and segment every image in IMAGES_DIR; write COCO, COCO results or LabelMe."""
+    import time
+
+    from .console import progress
+    from .io.coco import write_json_atomic
+    from .jobs import formats
+    from .jobs.predict import list_images, predict_folder
+    from .jobs.vis import write_overlay
+
+    refuse_overwrite(output, overwrite)
+    files = list_images(images_dir)
+    predictor, _ = make_predictor(weights, device)
+    t0 = time.perf_counter()
+    count = {"n": 0}
+
+    def on_result(info, image, anns):
+        if vis_dir is not None:
+            write_overlay(vis_dir / f"{Path(info['file_name']).stem}.png", image, [], anns)
+
+    with progress(len(files)) as bar:
+        task = bar.add_task("predict", total=len(files), instances=0, rate=0.0)
+
+        def on_image(n, k):
+            count["n"] += k
+            bar.update(task, advance=n, instances=count["n"], rate=count["n"] / max(time.perf_counter() - t0, 1e-9))
+
+        doc = predict_folder(images_dir, predictor, score_threshold, output_format, simplify, on_image, on_result)
+    losses = None
+    if fmt == "coco":
+        write_json_atomic(doc, output, overwrite=True)
+    elif fmt == "coco-results":
+        results, losses = formats.to_coco_results(doc)
+        write_json_atomic(results, output, overwrite=True)
+    else:
+        losses = write_labelme(doc, output, images_dir, overwrite=True)
+    for line in (losses.lines(fmt) if losses else []):
+        warn(line)
+    elapsed = time.perf_counter() - t0
+    console.print(summary_table("refinemask predict", [
+        ("images", str(len(doc["images"]))),
+        ("instances", str(len(doc["annotations"]))),
+        ("time", f"{elapsed:.1f} s ({len(doc['images']) / max(elapsed, 1e-9):.2f} images/s)"),
+        ("output", f"{output} ({fmt})"),
+    ]))
+
+
+@main.command()
+@click.argument("input_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--to", "target", required=True, type=click.Choice(["coco-results", "labelme", "yolo-seg", "coco"]),
+              help="coco-results: results list (RLE); labelme: one JSON per image; yolo-seg: one .txt per "
+                   "image + classes.txt; coco: the dataset with RLE turned into polygons where faithful.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="File or folder to write.")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Images folder (LabelMe imagePath is written relative to it).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@handle_errors
+def export(input_json: Path, target: str, output: Path, images_dir: Path | None, overwrite: bool) -> None:
+    """Convert a COCO dataset to another format, warning where the format loses information."""
+    from .io.coco import check_dataset, dumps, first_error, read_coco, write_json_atomic
+    from .jobs import formats
+
+    refuse_overwrite(output, overwrite)
+    doc = read_coco(input_json)
+    problem = first_error(check_dataset(doc))
+    if problem:
+        raise UserError(f"{input_json}: {problem} (run `refinemask validate` for the full list)")
+    if target == "coco-results":
+        results, losses = formats.to_coco_results(doc)
+        write_json_atomic(results, output, overwrite=True)
+    elif target == "coco":
+        converted, losses = formats.to_polygon_coco(doc)
+        write_json_atomic(converted, output, overwrite=True)
+    elif target == "labelme":
+        losses = write_labelme(doc, output, images_dir, overwrite=True)
+    else:
+        texts, names, losses = formats.to_yolo_seg(doc)
+        stems = formats.stem_names(doc)
+        files = {f"{stems[i]}.txt": t for i, t in texts.items()}
+        files["classes.txt"] = "\n".join(names) + "\n"
+        formats.write_dir_atomic(files, output, overwrite=True)
+    for line in losses.lines(target):
+        warn(line)
+    console.print(f"wrote {output} ({target}, {len(doc['images'])} images, {len(doc['annotations'])} annotations)")
+
+
+@main.command()
+@click.argument("input_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also check that every image file is present.")
+@handle_errors
+def validate(input_json: Path, images_dir: Path | None) -> None:
+    """Check a COCO file the way pycocotools and training code will use it; list every problem."""
+    from .io.coco import check_dataset, read_coco
+
+    doc = read_coco(input_json)
+    problems = check_dataset(doc, images_dir)
+    errors = [p for p in problems if p.level == "error"]
+    for p in problems:
+        style = "red" if p.level == "error" else "yellow"
+        console.print(f"[{style}]{p.level:7s}[/] {p}", markup=True)
+    console.print(f"{input_json}: {len(doc['images'])} images, {len(doc['annotations'])} annotations, "
+                  f"{len(doc.get('categories', []))} categories; {len(errors)} errors, "
+                  f"{len(problems) - len(errors)} warnings")
+    if errors:
+        click.get_current_context().exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -94,15 +94,16 @@ def box_mask(box: np.ndarray, height: int, width: int) -> InstanceMask:
     return InstanceMask(x0, y0, np.ones((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=bool))
 
 
-def encode_output(mask: InstanceMask, height: int, width: int, options: RefineOptions) -> tuple[dict, list[str]]:
-    """New ``segmentation``, ``area``, ``bbox`` for a refined mask, and flags."""
+def encode_output(mask: InstanceMask, height: int, width: int, output_format: str = "polygon",
+                  simplify: float = 0.0) -> tuple[dict, list[str]]:
+    """New ``segmentation``, ``area``, ``bbox`` for a mask, and flags (``holes->rle``)."""
     flags = []
     area = float(mask.area)
     bbox = mask_bbox(mask.mask, (mask.x0, mask.y0))
-    if options.output_format == "rle":
+    if output_format == "rle":
         segm = encode_rle(mask.full(height, width))
     else:
-        outline = mask_to_outline(mask.mask, options.simplify, (mask.x0, mask.y0))
+        outline = mask_to_outline(mask.mask, simplify, (mask.x0, mask.y0))
         if outline.holes:
             segm = encode_rle(mask.full(height, width))
             flags.append("holes->rle")
@@ -189,7 +190,7 @@ def refine_image(
         elif prompt == "mask" and options.min_agreement is not None and iou < options.min_agreement:
             flags.append("low-agreement:kept-input")
         else:
-            fields, enc_flags = encode_output(refined, h, w, options)
+            fields, enc_flags = encode_output(refined, h, w, options.output_format, options.simplify)
             flags += enc_flags
         report = ReportRow(
             annotation_id=ann["id"], image_id=info["id"], category_id=ann["category_id"], prompt=prompt,
