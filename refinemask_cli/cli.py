@@ -371,5 +371,60 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
         click.get_current_context().exit(1)
 
 
+@main.command()
+@click.argument("gt_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("pred_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--by-id", is_flag=True, help="Match PRED to GT by annotation id (automatic when every GT id is in PRED).")
+@click.option("--ignore", "ignore_key", default=None,
+              help="GT annotation key holding a segmentation of uncertain pixels to leave out (by-id only).")
+@handle_errors
+def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_key: str | None) -> None:
+    """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy."""
+    import json
+
+    from .engine.evaluate import evaluate_by_id, evaluate_detections
+    from .io.coco import check_dataset, first_error, read_coco, read_json
+
+    gt = read_coco(gt_json)
+    problem = first_error(check_dataset(gt))
+    if problem:
+        raise UserError(f"{gt_json}: {problem}")
+    pred = read_json(pred_json)
+    if isinstance(pred, dict):
+        if "annotations" not in pred:
+            raise UserError(f"{pred_json}: neither a results list nor a dataset with 'annotations'")
+        pred_ids = {a.get("id") for a in pred["annotations"]}
+        gt_ids = {a["id"] for a in gt["annotations"] if not a.get("iscrowd", 0)}
+        by_id = by_id or gt_ids <= pred_ids
+    elif by_id:
+        raise UserError(f"{pred_json}: a results list has no annotation ids; --by-id needs a dataset")
+    if by_id:
+        res = evaluate_by_id(gt, pred if isinstance(pred, dict) else {"annotations": []}, ignore_key)
+        res.pop("per_annotation")
+        res = {"mode": "by-id", **res}
+    else:
+        results = pred if isinstance(pred, list) else [{**a, "score": a.get("score", 1.0)} for a in pred["annotations"]]
+        res = {"mode": "detections", **evaluate_detections(gt, results)}
+    if as_json:
+        click.echo(json.dumps(res, indent=None, sort_keys=False))
+        return
+    if res["mode"] == "by-id":
+        rows = [("annotations", str(res["count"])), ("missing from PRED (scored 0)", str(res["missing"])),
+                ("mIoU", f"{res['mIoU']:.4f}"), ("mBIoU", f"{res['mBIoU']:.4f}"),
+                ("accuracy, boundary band", f"{res['boundary_acc']:.4f}"),
+                ("accuracy, interior", f"{res['interior_acc']:.4f}")]
+        rows += [(f"size {k} ({v['count']})", f"mIoU {v['mIoU']:.3f}  mBIoU {v['mBIoU']:.3f}")
+                 for k, v in res["per_size"].items()]
+        console.print(summary_table("refinement quality (by annotation id)", rows))
+        cat = [(f"{k} ({v['count']})", f"mIoU {v['mIoU']:.3f}  mBIoU {v['mBIoU']:.3f}") for k, v in res["per_category"].items()]
+        console.print(summary_table("per category", cat))
+    else:
+        console.print(summary_table("detection quality", [
+            ("mask AP / AP50 / AP75", f"{res['segm_AP']:.4f} / {res['segm_AP50']:.4f} / {res['segm_AP75']:.4f}"),
+            ("Boundary AP / AP50 / AP75", f"{res['boundary_AP']:.4f} / {res['boundary_AP50']:.4f} / {res['boundary_AP75']:.4f}"),
+            ("detections", str(res["detections"]))]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
