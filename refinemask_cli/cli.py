@@ -426,5 +426,89 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
             ("detections", str(res["detections"]))]))
 
 
+@main.command()
+@click.option("--train-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="COCO training annotations (or give [[datasets]] in --config).")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the training images.")
+@click.option("--val-json", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--val-images", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--init", default=None, help="Checkpoint path, imagenet-mobilenet_v2 (default) or none.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML settings file; options given here override it.")
+@click.option("--iters", type=int, default=None, help="Training iterations.")
+@click.option("--batch-size", type=int, default=None, help="Images per iteration per process.")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: 0.02 x total batch / 16).")
+@click.option("--mode", type=click.Choice(["full", "mask"]), default=None,
+              help="full: detector and masks; mask: only the mask branch, from the given boxes.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/train"),
+              show_default=True, help="Run folder: config, metrics.jsonl, checkpoints, loss plot.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@device_option
+@handle_errors
+def train(train_json, images_dir, val_json, val_images, init, config_file, iters, batch_size, lr, mode, amp,
+          out_dir: Path, resume: bool, device: str) -> None:
+    """Fine-tune RefineMask on COCO-format data (one process, or many under torchrun)."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .engine.config import load_train_config
+    from .engine.plot import loss_plot
+    from .engine.run import run_training
+    from .predictor import resolve_device
+
+    if (train_json is None) != (images_dir is None):
+        raise UserError("--train-json and --images go together")
+    datasets = [{"json": str(train_json), "images": str(images_dir)}] if train_json else None
+    cfg = load_train_config(config_file, {
+        "datasets": datasets, "val_json": str(val_json) if val_json else None,
+        "val_images": str(val_images) if val_images else None, "init": init, "iters": iters,
+        "batch_size": batch_size, "lr": lr, "mode": mode, "amp": amp,
+    })
+    if (out_dir / "last.pt").exists() and not resume:
+        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[msg]}"), TimeRemainingColumn(), console=console,
+                  disable=not console.is_terminal or int(__import__("os").environ.get("RANK", "0")) != 0) as bar:
+        task = bar.add_task("train", total=cfg.iters, msg="")
+
+        def on_step(rec):
+            terms = " ".join(f"{k[5:]}={v:.3f}" for k, v in rec.items() if k.startswith("loss_"))
+            bar.update(task, completed=rec["iter"], msg=f"loss={rec['loss']:.3f} {terms} lr={rec['lr']:.2e}")
+
+        run_training(cfg, out_dir, dev, resume, on_step)
+    import json as _json
+
+    metrics = out_dir / "metrics.jsonl"
+    if metrics.exists():
+        records = [_json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if records:
+            loss_plot(records, out_dir / "loss.png")
+            first, last = records[0], records[-1]
+            rows = [(k, f"{first[k]:.4f} -> {last[k]:.4f}") for k in last if k.startswith("loss")]
+            rows += [("iterations", str(last["iter"])), ("time", f"{time.perf_counter() - t0:.0f} s"),
+                     ("run folder", str(out_dir))]
+            console.print(summary_table("refinemask train", rows))
+    if cfg.val_json and (out_dir / "model_final.pt").exists():
+        from .engine.evaluate import evaluate_by_id
+        from .io.coco import read_coco
+        from .jobs import refine as job
+        from .predictor import Predictor
+        from .weights import load_model
+
+        model, _ = load_model(out_dir / "model_final.pt")
+        gt = read_coco(cfg.val_json)
+        boxes_only = {**gt, "annotations": [{k: v for k, v in a.items() if k != "segmentation"} for a in gt["annotations"]]}
+        out, _, _ = job.refine_dataset(boxes_only, Path(cfg.val_images), Predictor(model, device=device),
+                                       job.RefineOptions(prompt="box"))
+        res = evaluate_by_id(gt, out)
+        console.print(f"validation from boxes: mIoU {res['mIoU']:.4f}, mBIoU {res['mBIoU']:.4f} "
+                      f"({res['count']} annotations)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,7 +1,8 @@
 """A COCO instance dataset yielding ``(image float (3,H,W) in [0,1], target)`` for the model.
 
 Targets: ``boxes`` (n, 4) xyxy, ``labels`` (n,) 0-based model classes, ``masks`` (n, H, W) uint8.
-Crowd annotations are not instances (they are left out of targets).
+Crowd annotations are not instances (they are left out of targets), and neither are annotations
+without a segmentation (a box alone cannot supervise a mask); ``skipped`` counts both.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..geometry import segmentation_to_mask
+from ..geometry import segmentation_kind, segmentation_to_mask
 from ..io.images import read_image
 
 
@@ -35,8 +36,13 @@ class CocoInstances(Dataset):
             self.cat_to_label = {c["id"]: by_name[c["name"]] for c in cats if c["name"] in by_name}
         self.images = {im["id"]: im for im in doc["images"]}
         self.anns: dict[int, list] = {i: [] for i in self.images}
+        self.skipped = 0
         for a in doc["annotations"]:
             if a.get("iscrowd", 0) or a["category_id"] not in self.cat_to_label:
+                self.skipped += 1
+                continue
+            if segmentation_kind(a.get("segmentation")) == "none":
+                self.skipped += 1
                 continue
             x, y, w, h = a["bbox"]
             if w < min_box_size or h < min_box_size:
@@ -49,7 +55,8 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, idx: int):
+    def load(self, idx: int):
+        """``(image uint8 HWC, masks (n,H,W) uint8, boxes (n,4) xyxy, labels (n,), image_id)``, no augmentation."""
         info = self.images[self.ids[idx]]
         img = read_image(self.images_dir / info["file_name"])
         h, w = img.shape[:2]
@@ -62,18 +69,31 @@ class CocoInstances(Dataset):
             x, y, bw, bh = a["bbox"]
             boxes[k] = [x, y, x + bw, y + bh]
             labels[k] = self.cat_to_label[a["category_id"]]
+        return img, masks, boxes, labels, int(info["id"])
+
+    def __getitem__(self, idx: int):
+        img, masks, boxes, labels, image_id = self.load(idx)
         if self.flip_prob and torch.rand(()) < self.flip_prob:
-            img = img[:, ::-1]
-            masks = masks[:, :, ::-1]
-            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
-        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-        target = {
-            "boxes": torch.from_numpy(boxes.reshape(-1, 4)),
-            "labels": torch.from_numpy(labels),
-            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
-            "image_id": int(info["id"]),
-        }
-        return image, target
+            img, masks, boxes = hflip(img, masks, boxes)
+        return to_sample(img, masks, boxes, labels, image_id)
+
+
+def hflip(img: np.ndarray, masks: np.ndarray, boxes: np.ndarray):
+    w = img.shape[1]
+    boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1).reshape(-1, 4)
+    return img[:, ::-1], masks[:, :, ::-1], boxes
+
+
+def to_sample(img, masks, boxes, labels, image_id):
+    """Model input: float (3,H,W) in [0,1] and the target dict."""
+    image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    target = {
+        "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+        "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+        "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+        "image_id": int(image_id),
+    }
+    return image, target
 
 
 def collate(batch):

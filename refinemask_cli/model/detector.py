@@ -206,11 +206,15 @@ class RefineMaskRCNN(nn.Module):
     def _to_torchvision_targets(targets):
         return [{**t, "labels": t["labels"].long() + 1} for t in targets]
 
-    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None):
+    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None, mask_only: bool = False):
+        """Train mode: the loss dict (``mask_only``: mask-branch losses from the target boxes only).
+        Eval mode: detections."""
         self._check_images(images)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
+            if mask_only:
+                return self.mask_losses(images, targets)
             images_t, targets_t = self.transform(list(images), self._to_torchvision_targets(targets))
             features = self.backbone(images_t.tensors)
             proposals, rpn_losses = self.rpn(images_t, features, targets_t)

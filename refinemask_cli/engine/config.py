@@ -1,0 +1,137 @@
+"""Training configuration: one validated dataclass, read from a TOML file and CLI overrides.
+
+Example ``train.toml``::
+
+    iters = 2000
+    batch_size = 4
+    mode = "mask"              # "full": detector + masks; "mask": mask branch from given boxes
+    init = "imagenet-mobilenet_v2"
+    min_sizes = [320, 352, 384]
+
+    [model]                    # any ModelConfig field
+    backbone = "mobilenet_v2"
+    class_agnostic = "all"
+    coarse_prior = true
+
+    [[datasets]]               # one or more; sampled by weight
+    json = "data/train.json"
+    images = "data/images"
+    weight = 1.0
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BASE_LR = 0.02  # per 16 images (spec §3.1); scaled linearly with the batch
+BASE_BATCH = 16
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    json: str
+    images: str
+    weight: float = 1.0
+    exclude_holdout: bool = False  # drop the fixed held-back fifth of image ids (validation data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    datasets: tuple[DatasetSpec, ...] = ()
+    val_json: str | None = None
+    val_images: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    init: str = "imagenet-mobilenet_v2"  # a checkpoint path, "imagenet-mobilenet_v2" or "none"
+    mode: str = "full"
+    iters: int = 1000
+    batch_size: int = 2
+    lr: float | None = None  # None: BASE_LR * batch_size * world_size / 16
+    warmup_iters: int = 200
+    steps: tuple[float, ...] = (0.67, 0.92)
+    grad_clip: float = 35.0
+    weight_decay: float = 1e-4
+    amp: bool = False
+    seed: int = 0
+    min_sizes: tuple[int, ...] = (800,)
+    max_size: int = 1333
+    flip: float = 0.5
+    copy_paste: float = 0.0  # probability of pasting another image's instances into a sample
+    box_jitter: float = 0.1  # mask mode: relative jitter of the GT boxes used as RoIs
+    checkpoint_every: int = 500
+    num_workers: int = 2
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.datasets:
+            errors.append("at least one training dataset is needed (--train-json/--images or [[datasets]])")
+        if self.mode not in ("full", "mask"):
+            errors.append(f"mode must be 'full' or 'mask', got {self.mode!r}")
+        for name in ("iters", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1")
+        if self.lr is not None and not self.lr > 0:
+            errors.append("lr must be > 0")
+        if not all(0 < f < 1 for f in self.steps):
+            errors.append("steps are fractions of iters in (0, 1)")
+        for name in ("flip", "copy_paste"):
+            if not 0 <= getattr(self, name) <= 1:
+                errors.append(f"{name} is a probability in [0, 1]")
+        if not self.min_sizes or any(s < 32 for s in self.min_sizes):
+            errors.append("min_sizes must be sizes >= 32")
+        if (self.val_json is None) != (self.val_images is None):
+            errors.append("val_json and val_images go together")
+        if errors:
+            raise ValueError("invalid training config: " + "; ".join(errors))
+
+    def scaled_lr(self, world_size: int = 1) -> float:
+        return self.lr if self.lr is not None else BASE_LR * self.batch_size * world_size / BASE_BATCH
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+        d = dict(d)
+        if "datasets" in d:
+            try:
+                d["datasets"] = tuple(DatasetSpec(**ds) for ds in d["datasets"])
+            except TypeError as e:
+                raise ValueError(f"bad [[datasets]] entry: {e}") from None
+        for key in ("steps", "min_sizes"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """File settings, then the CLI's non-None overrides on top."""
+    base: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"{p}: config file not found")
+        try:
+            base = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{p}: not valid TOML ({e})") from None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "model":
+            base["model"] = {**base.get("model", {}), **value}
+        else:
+            base[key] = value
+    return TrainConfig.from_dict(base)

@@ -1,0 +1,219 @@
+"""A training run: model, data, optimisation, checkpoints and exact resume, on one or many processes.
+
+Distributed when launched by ``torchrun`` (``WORLD_SIZE`` > 1): DistributedDataParallel, each rank
+takes its slots of every global batch, rank 0 logs and writes checkpoints. The run folder holds
+``config.json``, ``metrics.jsonl``, ``last.pt`` (training state: model, optimizer, scaler, step,
+RNG) and ``model_final.pt`` (a refinemask checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..data.coco_dataset import CocoInstances, collate
+from ..data.mixture import MixedInstances, StepBatchSampler
+from ..data.splits import holdout_ids
+from ..io.coco import read_coco
+from ..model import ModelConfig, RefineMaskRCNN, build_model
+from ..weights.checkpoint import atomic_torch_save, load_model, load_state_strict, save_checkpoint
+from ..weights.convert import load_mobilenet_v2_imagenet
+from .config import TrainConfig
+from .train import TrainSettings, lr_at
+
+STATE_VERSION = 1
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=world)
+    return info
+
+
+def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: bool) -> list[CocoInstances]:
+    out = []
+    for spec in cfg.datasets:
+        ids = None
+        if spec.exclude_holdout:
+            doc = read_coco(spec.json)
+            held = holdout_ids(im["id"] for im in doc["images"])
+            ids = sorted(im["id"] for im in doc["images"] if im["id"] not in held)
+        out.append(CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,
+                                 class_agnostic=agnostic, image_ids=ids))
+    return out
+
+
+def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
+    """The model config from ``cfg.model``, with classes from the first dataset where not given."""
+    fields = dict(cfg.model)
+    if fields.get("class_agnostic") == "all" and "class_names" not in fields and fields.get("num_classes", 1) == 1:
+        fields["num_classes"], fields["class_names"] = 1, ("object",)
+    if "class_names" not in fields:
+        doc = read_coco(cfg.datasets[0].json)
+        names = tuple(c["name"] for c in sorted(doc.get("categories", []), key=lambda c: c["id"]))
+        fields["class_names"] = names
+        fields["num_classes"] = len(names)
+    fields["class_names"] = tuple(fields["class_names"])
+    fields.setdefault("num_classes", len(fields["class_names"]))
+    fields["min_size"] = cfg.min_sizes[-1]
+    fields["max_size"] = cfg.max_size
+    return ModelConfig.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
+
+
+def initialise(model: RefineMaskRCNN, init: str) -> str:
+    if init == "none":
+        return "random"
+    if init == "imagenet-mobilenet_v2":
+        load_mobilenet_v2_imagenet(model)
+        return init
+    src, _ = load_model(init)
+    load_state_strict(model, src.state_dict(), init)
+    return Path(init).name
+
+
+def rng_state() -> dict:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+             "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_training(
+    cfg: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    resume: bool = False,
+    on_step: Callable[[dict], None] | None = None,
+    stop_after: int | None = None,
+) -> RefineMaskRCNN:
+    """Train per ``cfg`` into ``out_dir``; ``stop_after`` ends the process's work early (tests)."""
+    dist_info = setup_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    seed_everything(cfg.seed)
+    model_cfg = resolve_model_config(cfg)
+    model = build_model(model_cfg)
+    init_name = initialise(model, cfg.init)
+    model.transform.min_size = tuple(cfg.min_sizes)
+    model.to(device).train()
+    lr = cfg.scaled_lr(dist_info.world_size)
+    settings = TrainSettings(iters=cfg.iters, lr=lr, warmup_iters=cfg.warmup_iters, steps=cfg.steps,
+                             grad_clip=cfg.grad_clip, weight_decay=cfg.weight_decay, mode=cfg.mode)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    state_path = out_dir / "last.pt"
+    start = 0
+    if resume:
+        if not state_path.is_file():
+            raise ValueError(f"{state_path}: nothing to resume (no training state in the run folder)")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("config") != cfg.to_dict():
+            raise ValueError(f"{out_dir}: the run was started with other settings; resume with the same config")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start = state["step"]
+        set_rng_state(state["rng"])
+    elif dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
+        (out_dir / "metrics.jsonl").write_text("")
+    datasets = build_datasets(cfg, model_cfg.class_names if model_cfg.class_agnostic != "all" else (),
+                              model_cfg.class_agnostic == "all")
+    mixed = MixedInstances(datasets, cfg.flip, cfg.copy_paste, cfg.box_jitter if cfg.mode == "mask" else 0.0)
+    sampler = StepBatchSampler([len(d) for d in datasets], [s.weight for s in cfg.datasets], cfg.batch_size,
+                               cfg.seed, start, cfg.iters, dist_info.rank, dist_info.world_size)
+    # a private generator: creating the loader's iterator must not draw from the global RNG, which
+    # the model's samplers use and which a resumed run restores
+    loader = DataLoader(mixed, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed))
+    net = model
+    if dist_info.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.mode == "mask")
+
+    def save_state(step: int) -> None:
+        if not dist_info.is_main:
+            return
+        atomic_torch_save({"version": STATE_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
+                           "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                           "rng": rng_state()}, state_path)
+
+    step = start
+    for images, targets in loader:
+        if stop_after is not None and step >= stop_after:
+            break
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        current_lr = lr_at(step, settings)
+        for g in optimizer.param_groups:
+            g["lr"] = current_lr
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            losses = net(images, targets, mask_only=cfg.mode == "mask")
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {total.item()} at step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        if dist_info.is_main:
+            record = {"iter": step, "lr": current_lr, "loss": total.item(), "grad_norm": float(grad_norm)}
+            record.update({k: v.item() for k, v in losses.items()})
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if on_step:
+                on_step(record)
+        if step % cfg.checkpoint_every == 0 or step == cfg.iters:
+            save_state(step)
+    if dist_info.is_main and step == cfg.iters:
+        save_checkpoint(model.eval(), out_dir / "model_final.pt",
+                        {"trained_iters": step, "init": init_name, "train_mode": cfg.mode})
+    return model
