@@ -3,7 +3,7 @@
 Distributed when launched by ``torchrun`` (``WORLD_SIZE`` > 1): DistributedDataParallel, each rank
 takes its slots of every global batch, rank 0 logs and writes checkpoints. The run folder holds
 ``config.json``, ``metrics.jsonl``, ``last.pt`` (training state: model, optimizer, scaler, step,
-RNG) and ``model_final.pt`` (a refinemask checkpoint).
+RNG), ``model_last.pt`` (a refinemask checkpoint at every checkpoint) and ``model_final.pt``.
 """
 from __future__ import annotations
 
@@ -213,6 +213,10 @@ def run_training(
                 on_step(record)
         if step % cfg.checkpoint_every == 0 or step == cfg.iters:
             save_state(step)
+            if dist_info.is_main:  # a usable model at every checkpoint, not only at the end
+                save_checkpoint(model, out_dir / "model_last.pt", {"trained_iters": step, "init": init_name,
+                                                                    "train_mode": cfg.mode})
+                model.train()
     if dist_info.is_main and step == cfg.iters:
         save_checkpoint(model.eval(), out_dir / "model_final.pt",
                         {"trained_iters": step, "init": init_name, "train_mode": cfg.mode})

@@ -150,9 +150,17 @@ class RefineMaskHead(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        # official: kaiming-normal (fan_out, relu) everywhere, bias 0. For the 1×1 logit layers that
+        # gives std sqrt(2 / num_outputs): sqrt(2) for a class-agnostic head, whose logits then start
+        # in the hundreds and the first losses explode; those layers start small instead.
+        prediction = {id(self.final_instance_logits), id(self.semantic_logits)}
+        prediction |= {id(stage.instance_logits) for stage in self.stages}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if id(m) in prediction:
+                    nn.init.normal_(m.weight, std=0.01)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
     def semantic_forward(self, p2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
