@@ -109,9 +109,9 @@ def masks_to_priors(masks: Sequence[InstanceMask | np.ndarray | None], boxes: np
                     size: int = PRIOR_SIZE) -> torch.Tensor:
     """Coarse masks (cropped or full-image) → ``(N, size, size)`` priors in each box's coordinates.
 
-    A ``None`` entry (box only) becomes all ones.
+    A ``None`` entry (box only) becomes 0.5 everywhere: unknown.
     """
-    out = torch.ones((len(masks), size, size), dtype=torch.float32)
+    out = torch.full((len(masks), size, size), 0.5, dtype=torch.float32)
     for i, m in enumerate(masks):
         if m is None:
             continue

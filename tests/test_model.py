@@ -32,6 +32,11 @@ def test_prior_head_changes_fusion_width_only():
                 prior=torch.zeros(1, 112, 112))
     b, _ = head(torch.randn(1, 32, 14, 14), torch.randn(1, 32, 16, 16), rois, torch.tensor([0]))
     assert a[-1].shape == b[-1].shape == (1, 1, 112, 112)
+    # the prior shifts the logits: a full prior raises them against an empty one, by about 2 * scale
+    feats, p2 = torch.randn(1, 32, 14, 14), torch.randn(1, 32, 16, 16)
+    lo, _ = head(feats, p2, rois, torch.tensor([0]), prior=torch.zeros(1, 112, 112))
+    hi, _ = head(feats, p2, rois, torch.tensor([0]), prior=torch.ones(1, 112, 112))
+    assert (hi[0] - lo[0]).mean() > 1.0 and (hi[-1] - lo[-1]).mean() > 1.0
 
 
 def _train_losses(model, images, targets):

@@ -24,10 +24,10 @@ def test_degrade_masks_close_but_not_equal():
 
 def test_sample_priors_probability_extremes():
     target = _disc(8)
-    assert (sample_priors(target, 0.0) == 1).all()  # box only
+    assert (sample_priors(target, 0.0) == 0.5).all()  # box only: unknown
     g = torch.Generator().manual_seed(1)
     p = sample_priors(target, 1.0, g)
-    assert not (p == 1).all(dim=(1, 2)).any()
+    assert not (p == 0.5).all(dim=(1, 2)).any()
 
 
 def test_empty():

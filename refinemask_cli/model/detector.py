@@ -249,7 +249,7 @@ class RefineMaskRCNN(nn.Module):
     ) -> list[dict[str, torch.Tensor]]:
         """Masks for given boxes (image coordinates): per image ``boxes`` (maybe tightened), ``mask_logits``.
 
-        ``priors[i]`` is ``(n_i, 112, 112)`` coarse masks in box coordinates (ones = box only).
+        ``priors[i]`` is ``(n_i, 112, 112)`` coarse masks in box coordinates (0.5 = box only).
         """
         self._check_images(images)
         original_sizes = [tuple(img.shape[-2:]) for img in images]
@@ -264,7 +264,7 @@ class RefineMaskRCNN(nn.Module):
         if priors is not None and self.roi_heads.mask_head.use_prior:
             size = self.cfg.stage_sizes[-1]
             use_priors = [
-                p.to(features["0"]) if p is not None else features["0"].new_ones((len(b), size, size))
+                p.to(features["0"]) if p is not None else features["0"].new_full((len(b), size, size), 0.5)
                 for p, b in zip(priors, net_boxes)
             ]
         if regress_boxes:

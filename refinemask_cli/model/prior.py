@@ -1,7 +1,7 @@
 """Coarse-mask prior (beyond the paper): simulated hasty annotations for training.
 
-A prior is a ``(K, S, S)`` map in RoI coordinates (1 = inside the object). With no coarse mask the
-prior is all ones: the box itself. In training, ``sample_priors`` replaces that with a degraded copy
+A prior is a ``(K, S, S)`` map in RoI coordinates (1 = inside the object, 0 = outside). With no
+coarse mask it is 0.5 everywhere: the box alone says nothing about which pixels are the object. In training, ``sample_priors`` replaces that with a degraded copy
 of the ground truth for a share of RoIs, so the model learns to use a coarse mask and to correct it.
 """
 from __future__ import annotations
@@ -55,9 +55,9 @@ def degrade_masks(masks: torch.Tensor, generator: torch.Generator | None = None)
 def sample_priors(
     targets: torch.Tensor, probability: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Training priors: a degraded target with ``probability``, else the box (all ones)."""
+    """Training priors: a degraded target with ``probability``, else "unknown" (0.5: a box alone)."""
     g = generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
-    priors = torch.ones_like(targets, dtype=torch.float32)
+    priors = torch.full_like(targets, 0.5, dtype=torch.float32)
     use = (torch.rand(targets.shape[0], generator=g) < probability).to(targets.device)
     if use.any():
         priors[use] = degrade_masks(targets[use], g)

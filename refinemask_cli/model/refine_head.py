@@ -13,6 +13,8 @@ from torch import nn
 from torchvision.ops import roi_align
 
 SEMANTIC_STRIDE = 4
+PRIOR_UNKNOWN = 0.5  # the prior of a box without a coarse mask: says nothing either way
+PRIOR_SCALE_INIT = 2.0
 
 
 class ConvReLU(nn.Module):
@@ -77,6 +79,9 @@ class SFMStage(nn.Module):
         )
         self.fuse_transform_out = nn.Conv2d(channels, channels // 2 - 2, 1)
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        if prior_channels:
+            # the prior also shifts this stage's logits: scale * (prior - 0.5), 0 where it says nothing
+            self.prior_scale = nn.Parameter(torch.tensor(PRIOR_SCALE_INIT))
 
     def transform_semantic(self, semantic_feat: torch.Tensor) -> torch.Tensor:
         """The per-stage 1×1 transform of the whole semantic map (computed once per batch)."""
@@ -93,6 +98,8 @@ class SFMStage(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.size
         logits = select_label_channel(self.instance_logits(x), labels)
+        if prior is not None:
+            logits = logits + self.prior_scale * (prior - 0.5)
         instance_mask = logits.sigmoid()
         sem_feat = F.relu(self.semantic_transform_out(_roi_align_semantic(semantic_map, rois, size)))
         sem_mask = _roi_align_semantic(semantic_prob, rois, size)
@@ -114,8 +121,8 @@ class RefineMaskHead(nn.Module):
 
     ``in_channels`` is the FPN width (256 in the official configs); stage widths halve from it.
     ``stage_num_classes`` gives each stage's logit channels (last entry: the final logits); a 1 makes
-    that stage class-agnostic. ``prior=True`` adds one coarse-mask channel to every fusion (not in
-    the paper; off for official checkpoints).
+    that stage class-agnostic. ``prior=True`` (not in the paper; off for official checkpoints) adds
+    one coarse-mask channel to every fusion and a learned prior bias to every stage's logits.
     """
 
     def __init__(
@@ -147,6 +154,8 @@ class RefineMaskHead(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.final_instance_logits = nn.Conv2d(channels, stage_num_classes[-1], 1)
         self.semantic_logits = nn.Conv2d(in_channels, 1, 1)
+        if prior:
+            self.final_prior_scale = nn.Parameter(torch.tensor(PRIOR_SCALE_INIT))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -186,10 +195,12 @@ class RefineMaskHead(nn.Module):
     ) -> list[torch.Tensor]:
         """Stage logits ``[(K,1,14,14), (K,1,28,28), (K,1,56,56), (K,1,112,112)]``.
 
-        ``prior`` is ``(K, S, S)`` with S the final size, a coarse mask in RoI coordinates (1 = inside).
+        ``prior`` is ``(K, S, S)`` with S the final size, a coarse mask in RoI coordinates (1 = inside,
+        0 = outside, 0.5 = unknown: a box without a mask). It joins every fusion as a channel and
+        shifts every stage's logits by a learned ``scale * (prior - 0.5)``.
         """
         if self.use_prior and prior is None:
-            prior = roi_feats.new_ones((roi_feats.shape[0], self.stage_sizes[-1], self.stage_sizes[-1]))
+            prior = roi_feats.new_full((roi_feats.shape[0], self.stage_sizes[-1], self.stage_sizes[-1]), PRIOR_UNKNOWN)
         x = roi_feats
         for conv in self.instance_convs:
             x = conv(x)
@@ -200,7 +211,10 @@ class RefineMaskHead(nn.Module):
                 stage_prior = F.adaptive_avg_pool2d(prior[:, None].to(x.dtype), stage.size)
             x, logits = stage(x, sem_map, semantic_prob, rois, labels, stage_prior)
             outputs.append(logits)
-        outputs.append(select_label_channel(self.final_instance_logits(x), labels))
+        final = select_label_channel(self.final_instance_logits(x), labels)
+        if self.use_prior:
+            final = final + self.final_prior_scale * (prior[:, None].to(final.dtype) - PRIOR_UNKNOWN)
+        outputs.append(final)
         return outputs
 
     def forward(
