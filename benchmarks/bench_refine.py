@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from _timing import median_seconds
 from refinemask_cli.jobs import refine as job
 from refinemask_cli.model import ModelConfig, build_model
 from refinemask_cli.predictor import Predictor, resolve_device
@@ -56,23 +54,6 @@ def make_workload(n: int, work: Path) -> tuple[dict, Path]:
             anns.append({"id": i * 100 + k + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
                          "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]})
     return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}, work
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -114,8 +95,8 @@ def main() -> None:
             out, _, _ = job.refine_dataset(d, images_dir, predictor, job.RefineOptions(prompt="box"))
             out_json.write_text(job.dumps(out))
 
-        t_a = timed(backbone_only, device, args.repeats)
-        t_b = timed(refine_end_to_end, device, args.repeats)
+        t_a = median_seconds(backbone_only, args.repeats, device)
+        t_b = median_seconds(refine_end_to_end, args.repeats, device)
 
         import torchvision
 
@@ -136,8 +117,8 @@ def main() -> None:
             for img in raw:
                 ours.predict([img])
 
-        t_c = timed(torchvision_predict, device, args.repeats)
-        t_d = timed(our_predict, device, args.repeats)
+        t_c = median_seconds(torchvision_predict, args.repeats, device)
+        t_d = median_seconds(our_predict, args.repeats, device)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"device: {name}; torch {torch.__version__}; {n_img} images, {n_inst} boxes; short side {args.min_size}"
               f"{'; AMP' if args.amp else ''}")

@@ -93,8 +93,8 @@ def main() -> None:
     dev = predictor.device
     print(f"coco-mval-dev split={args.split}: {len(gt['images'])} images, {len(gt['annotations'])} annotations")
     print(f"weights {Path(args.weights).name} (sha256 {ckpt['sha256'][:12]}), device {dev}")
-    print(f"| method | mIoU | mBIoU | boundary acc | interior acc | seconds |")
-    print(f"|---|---|---|---|---|---|")
+    print("| method | mIoU | mBIoU | boundary acc | interior acc | seconds |")
+    print("|---|---|---|---|---|---|")
     for name, miou, mbiou, accb, acci, sec in rows:
         print(f"| {name} | {miou:.3f} | {mbiou:.3f} | {accb:.3f} | {acci:.3f} | {'' if sec is None else f'{sec:.0f}'} |")
 

@@ -322,7 +322,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, ou
 @handle_errors
 def export(input_json: Path, target: str, output: Path, images_dir: Path | None, overwrite: bool) -> None:
     """Convert a COCO dataset to another format, warning where the format loses information."""
-    from .io.coco import check_dataset, dumps, first_error, read_coco, write_json_atomic
+    from .io.coco import check_dataset, first_error, read_coco, write_json_atomic
     from .jobs import formats
 
     refuse_overwrite(output, overwrite)

@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v2")
+
+
+def reject_unknown_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    """Raise naming every key of ``d`` that is not a field of the dataclass ``cls``."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {', '.join(unknown)}")
 AGNOSTIC_MODES = ("none", "last", "all")
 
 
@@ -89,10 +96,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        reject_unknown_keys(cls, d, "model config")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)
 
