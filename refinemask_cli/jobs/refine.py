@@ -273,6 +273,34 @@ def load_checked_image(images_dir: Path, info: dict) -> np.ndarray:
     return image
 
 
+def prefetch_images(images_dir: Path, infos: list[dict], workers: int = 2, ahead: int = 4):
+    """Yield ``(info, image)`` in order while a thread pool decodes the next images (OpenCV releases
+    the GIL while decoding). One image per forward keeps results independent of batch composition,
+    which is what makes ``--resume`` exact."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        it = iter(infos)
+        for info in it:
+            pending.append((info, pool.submit(load_checked_image, images_dir, info)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            info, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load_checked_image, images_dir, nxt)))
+            try:
+                image = fut.result()
+            except BaseException:
+                for _, f in pending:
+                    f.cancel()
+                raise
+            yield info, image
+
+
 def refine_dataset(
     doc: dict,
     images_dir: Path,
@@ -292,12 +320,12 @@ def refine_dataset(
         journal.start()
     stats.resumed_images = len(done)
     results_by_image: dict[int, list[dict]] = dict(done)
-    for info in iter_images(doc, per_image):
-        if info["id"] in done:
-            if on_image:
+    if on_image:
+        for info in iter_images(doc, per_image):
+            if info["id"] in done:
                 on_image(1, len(per_image[info["id"]]))
-            continue
-        image = load_checked_image(images_dir, info)
+    todo = [info for info in iter_images(doc, per_image) if info["id"] not in done]
+    for info, image in prefetch_images(images_dir, todo):
         results = refine_image(predictor, image, info, per_image[info["id"]], labels, options)
         if journal:
             journal.append(info["id"], results)
