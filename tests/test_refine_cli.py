@@ -79,10 +79,15 @@ def test_min_agreement_keeps_input_and_flags(weights, data):
             "--report", root / "r.csv")
     assert r.exit_code == 0, r.output
     before = {a["id"]: a for a in json.loads(src.read_text())["annotations"]}
-    for a in json.loads(out.read_text())["annotations"]:
-        if "segmentation" in before[a["id"]] and not a["iscrowd"]:
-            assert a == before[a["id"]]
-    assert "low-agreement:kept-input" in (root / "r.csv").read_text()
+    after = {a["id"]: a for a in json.loads(out.read_text())["annotations"]}
+    rows = [line.split(",") for line in (root / "r.csv").read_text().splitlines()[1:]]
+    flagged = [int(r[0]) for r in rows if "low-agreement:kept-input" in r[-1]]
+    assert flagged, "an IoU of 1.0 is required, so some mask must be kept"
+    for ann_id in flagged:
+        assert after[ann_id] == before[ann_id]
+    for r in rows:  # anything not flagged agreed perfectly with its coarse mask (or was a box prompt)
+        if int(r[0]) not in flagged and r[3] == "mask":
+            assert float(r[4]) == 1.0
 
 
 def test_refuses_to_overwrite(weights, data):
