@@ -7,7 +7,6 @@ result of an uninterrupted one.
 """
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -334,8 +333,7 @@ def refine_dataset(
         results_by_image[info["id"]] = results
         if on_image:
             on_image(1, len(results))
-    out = copy.deepcopy(doc)
-    by_id = {a["id"]: a for a in out["annotations"]}
+    new_fields: dict[int, dict] = {}
     rows = []
     for info in iter_images(doc, per_image):
         stats.images += 1
@@ -348,10 +346,12 @@ def refine_dataset(
             if res["fields"] is None:
                 stats.kept_input += 1
             else:
-                ann = by_id[res["id"]]
-                for key in ("segmentation", "area", "bbox"):
-                    ann[key] = res["fields"][key]
+                new_fields[res["id"]] = res["fields"]
             rows.append(rep)
+    # a shallow copy: unchanged annotations are shared with the input, refined ones are new dicts
+    # whose keys keep their order (segmentation/area/bbox replaced in place, added at the end if absent)
+    out = dict(doc)
+    out["annotations"] = [{**a, **new_fields[a["id"]]} if a["id"] in new_fields else a for a in doc["annotations"]]
     return out, rows, stats
 
 
