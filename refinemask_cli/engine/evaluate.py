@@ -87,7 +87,8 @@ class PairScore:
     missing: bool = False
 
 
-def _decode(ann: dict | None, h: int, w: int) -> np.ndarray | None:
+def annotation_mask(ann: dict | None, h: int, w: int) -> np.ndarray | None:
+    """The mask of an annotation; a box-only one is its box; None for no annotation."""
     if ann is None:
         return None
     kind = segmentation_kind_safe(ann.get("segmentation"))
@@ -115,8 +116,8 @@ def evaluate_by_id(gt: dict, pred: dict, ignore_key: str | None = None) -> dict:
             continue
         im = images[ann["image_id"]]
         h, w = im["height"], im["width"]
-        g = _decode(ann, h, w)
-        p = _decode(pred_by_id.get(ann["id"]), h, w)
+        g = annotation_mask(ann, h, w)
+        p = annotation_mask(pred_by_id.get(ann["id"]), h, w)
         size = size_name(float(ann.get("area", g.sum())))
         if p is None:
             scores.append(PairScore(ann["id"], ann["category_id"], size, 0.0, 0.0, 0.0, 0.0, missing=True))
@@ -215,7 +216,7 @@ def _ensure_rle(doc: dict) -> dict:
     for a in doc["annotations"]:
         im = images[a["image_id"]]
         a = dict(a)
-        m = _decode(a, im["height"], im["width"])
+        m = annotation_mask(a, im["height"], im["width"])
         a["segmentation"] = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         a.setdefault("area", float(m.sum()))
         anns.append(a)

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..engine.evaluate import boundary_iou, boundary_width, iou
+from ..engine.evaluate import annotation_mask, boundary_iou, boundary_width, iou
 from ..geometry import encode_rle, mask_bbox, segmentation_to_mask
 from ..io.coco import write_json_atomic
 from ..predictor import Predictor
@@ -69,12 +69,7 @@ class DemoRow:
 
 
 def _scores(gt_mask: np.ndarray, ann: dict, h: int, w: int, d: int) -> tuple[float, float]:
-    if "segmentation" in ann:
-        m = segmentation_to_mask(ann["segmentation"], h, w)
-    else:
-        x, y, bw, bh = ann["bbox"]
-        m = np.zeros((h, w), bool)
-        m[int(round(y)) : int(round(y + bh)), int(round(x)) : int(round(x + bw))] = True
+    m = annotation_mask(ann, h, w)
     return iou(gt_mask, m), boundary_iou(gt_mask, m, d)
 
 
