@@ -196,10 +196,11 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     n_images = len({a.get("image_id") for a in doc["annotations"] if not a.get("iscrowd", 0)})
     state = {"instances": 0, "t0": time.perf_counter()}
 
+    ann_by_id = {a["id"]: a for a in doc["annotations"]} if vis_dir is not None else {}
+
     def on_result(info, image, results):
         if vis_dir is not None:
-            ids = {r["id"] for r in results}
-            before = [a for a in doc["annotations"] if a["id"] in ids]
+            before = [ann_by_id[r["id"]] for r in results]
             after = [{**a, **(r["fields"] or {})} for a, r in zip(before, results)]
             write_overlay(vis_dir / f"{Path(info['file_name']).stem}_{info['id']}.png", image, before, after)
 
