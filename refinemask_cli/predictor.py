@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from .model import RefineMaskRCNN
+from .model.inference import inference_copy
 
 PRIOR_SIZE = 112
 
@@ -132,12 +133,15 @@ class Predictor:
 
     ``predict(images)``: full detection. ``refine(image, boxes, labels, coarse_masks)``: masks for
     given boxes (labels are 0-based model classes; ignored by class-agnostic models).
+
+    The predictor runs an inference copy of ``model`` (batch norms folded into the convolutions,
+    channels-last weights; see ``model.inference``); ``model`` itself is left as it was.
     """
 
     def __init__(self, model: RefineMaskRCNN, device: str = "auto", half: bool | None = None,
                  batch_size: int = 2, paste_chunk: int = 32):
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = inference_copy(model).to(self.device)
         self.half = (self.device.type == "cuda") if half is None else bool(half and self.device.type == "cuda")
         self.batch_size = max(1, batch_size)
         self.paste_chunk = max(1, paste_chunk)

@@ -79,10 +79,9 @@ def test_learning_overfits_one_image():
     torch.manual_seed(0)
     model = build_model(tiny_config(num_classes=1, class_names=("obj",), class_agnostic="all"))
     img, mask, box = ellipse_scene()
-    predictor = Predictor(model, device="cpu")
 
-    def current_iou():
-        det = predictor.refine(img, box[None], np.array([0]))
+    def current_iou():  # a Predictor runs a snapshot of the model, so take a new one each time
+        det = Predictor(model, device="cpu").refine(img, box[None], np.array([0]))
         return iou(det.masks[0].full(*mask.shape), mask)
 
     before = current_iou()

@@ -1,0 +1,65 @@
+"""The inference copy (folded batch norms, channels-last) computes what the trained model computes."""
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import FrozenBatchNorm2d
+
+from refinemask_cli.model import build_model
+from refinemask_cli.model.inference import fold_frozen_batchnorm, inference_copy
+from refinemask_cli.predictor import Predictor
+
+from .helpers import ellipse_scene, image_tensor, tiny_config
+
+
+def randomize_frozen_bn(model, seed=0):
+    """Give every frozen batch norm non-trivial statistics (fresh ones are the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            n = m.weight.numel()
+            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_inference_copy_matches_the_model(backbone):
+    torch.manual_seed(0)
+    cfg = tiny_config(backbone=backbone, num_classes=1, class_names=("obj",), class_agnostic="all")
+    model = build_model(cfg).eval()
+    randomize_frozen_bn(model)
+    keys_before = list(model.state_dict())
+    fast = inference_copy(model)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())
+    assert list(model.state_dict()) == keys_before, "the original model must not change"
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        ref, got = model.backbone(x), fast.backbone(x)
+    assert ref.keys() == got.keys()
+    for k in ref:  # float rounding only: folding reorders the multiply-adds
+        assert (ref[k] - got[k]).abs().max() <= 1e-5 * ref[k].abs().max(), k
+    img, _, box = ellipse_scene()
+    with torch.inference_mode():
+        a = model.refine([image_tensor(img)], [torch.from_numpy(box)[None]], [torch.zeros(1, dtype=torch.long)])
+        b = fast.refine([image_tensor(img)], [torch.from_numpy(box)[None]], [torch.zeros(1, dtype=torch.long)])
+    la, lb = a[0]["mask_logits"], b[0]["mask_logits"]
+    assert (la - lb).abs().max() <= 1e-4 * max(la.abs().max(), 1.0)
+
+
+def test_fold_counts_every_batch_norm_of_mobilenet():
+    model = build_model(tiny_config())
+    n_bn = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert n_bn == 52  # MobileNetV2 features: 17 blocks + stem + last conv
+    assert fold_frozen_batchnorm(model) == n_bn
+
+
+def test_predictor_leaves_a_trainable_model_alone():
+    model = build_model(tiny_config(num_classes=1, class_names=("obj",), class_agnostic="all")).train()
+    predictor = Predictor(model, device="cpu")
+    assert model.training and predictor.model is not model
+    assert any(p.requires_grad for p in model.parameters())
+    img, _, box = ellipse_scene()
+    det = predictor.refine(img, box[None])
+    assert len(det.masks) == 1 and det.masks[0].mask.dtype == np.bool_
