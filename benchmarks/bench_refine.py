@@ -76,7 +76,7 @@ def main() -> None:
         else:
             model = build_model(ModelConfig(num_classes=1, class_names=("object",), class_agnostic="all",
                                             min_size=args.min_size))
-        predictor = Predictor(model, device=args.device, half=args.amp)
+        predictor = Predictor(model, device=args.device, precision="fp16" if args.amp else "fp32")
         from refinemask_cli.io.images import read_image
 
         tensors = [predictor._to_tensor(read_image(images_dir / im["file_name"])) for im in doc["images"]]
@@ -105,7 +105,7 @@ def main() -> None:
             min_size=args.min_size).to(device).eval()
         ours = Predictor(build_model(ModelConfig(backbone="resnet50", num_classes=90, box_score_thresh=0.0,
                                                  detections_per_img=100, min_size=args.min_size)),
-                         device=args.device, half=args.amp)
+                         device=args.device, precision="fp16" if args.amp else "fp32")
         raw = [read_image(images_dir / im["file_name"]) for im in doc["images"]]
 
         @torch.inference_mode()

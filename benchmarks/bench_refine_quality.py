@@ -4,7 +4,7 @@ In ONE run, on the same annotations: (a) the coarse poly8 input itself, (b) Open
 box, (c) `refine` from boxes.json, (d) `refine` from poly8.json (plain and with --min-agreement),
 each scored by annotation id against instances.json (mIoU, mBIoU).
 
-    python benchmarks/bench_refine_quality.py --weights W.pt [--device auto] [--split holdout|all]
+    python benchmarks/bench_refine_quality.py --weights W.pt [--device auto] [--precision auto|fp32|fp16|bf16] [--split holdout|all]
         [--data ../shared/data/coco-mval-dev] [--limit N] [--min-agreement 0.5]
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/coco-mval-dev"))
     ap.add_argument("--split", default="holdout", choices=["holdout", "all"])
     ap.add_argument("--limit", type=int, default=0, help="first N images of the split (0 = all)")
@@ -69,7 +70,7 @@ def main() -> None:
     boxes = subset(json.loads((data / "coarse/boxes.json").read_text()), ids)
     poly8 = subset(json.loads((data / "coarse/poly8.json").read_text()), ids)
     model, ckpt = load_model(args.weights)
-    predictor = Predictor(model, device=args.device)
+    predictor = Predictor(model, device=args.device, precision=args.precision)
     images = data / "images"
     rows = []
 
@@ -92,7 +93,7 @@ def main() -> None:
         score(name, out, time.perf_counter() - t)
     dev = predictor.device
     print(f"coco-mval-dev split={args.split}: {len(gt['images'])} images, {len(gt['annotations'])} annotations")
-    print(f"weights {Path(args.weights).name} (sha256 {ckpt['sha256'][:12]}), device {dev}")
+    print(f"weights {Path(args.weights).name} (sha256 {ckpt['sha256'][:12]}), device {dev}, {predictor.precision}")
     print("| method | mIoU | mBIoU | boundary acc | interior acc | seconds |")
     print("|---|---|---|---|---|---|")
     for name, miou, mbiou, accb, acci, sec in rows:

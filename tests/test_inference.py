@@ -63,3 +63,23 @@ def test_predictor_leaves_a_trainable_model_alone():
     img, _, box = ellipse_scene()
     det = predictor.refine(img, box[None])
     assert len(det.masks) == 1 and det.masks[0].mask.dtype == np.bool_
+
+
+def test_bf16_on_cpu_agrees_with_fp32():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_classes=1, class_names=("obj",), class_agnostic="all"))
+    img, _, box = ellipse_scene()
+    a = Predictor(model, device="cpu").refine(img, box[None]).masks[0].full(*img.shape[:2])
+    fast = Predictor(model, device="cpu", precision="bf16")
+    assert fast.precision == "bf16" and fast.runtime == "cpu/bf16/batch1"
+    b = fast.refine(img, box[None]).masks[0].full(*img.shape[:2])
+    assert (a != b).mean() < 0.02
+
+
+def test_precision_is_checked():
+    model = build_model(tiny_config())
+    assert Predictor(model, device="cpu").precision == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        Predictor(model, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Predictor(model, device="cpu", precision="int8")

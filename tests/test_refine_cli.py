@@ -167,6 +167,17 @@ def test_bad_weights(tmp_path, data):
     assert not (root / "o.json").exists()
 
 
+def test_precision_option(weights, data):
+    src, root = data
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights, "--device", "cpu",
+            "--precision", "fp16")
+    assert r.exit_code == 1 and "fp16 needs CUDA" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (root / "o.json").exists()
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights, "--precision", "bf16")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((root / "o.json").read_text())["annotations"]) == len(json.loads(src.read_text())["annotations"])
+
+
 def test_empty_annotations_is_not_an_error(weights, data):
     src, root = data
     _mutate(src, lambda d: d.update(annotations=[]))
@@ -183,7 +194,7 @@ def test_resume_after_interruption_gives_identical_output(weights, tmp_path):
     model, ckpt = load_model(weights)
     predictor = Predictor(model, device="cpu")
     options = job.RefineOptions()
-    journal = job.Journal(out, job.fingerprint(src.read_bytes(), ckpt["sha256"], options))
+    journal = job.Journal(out, job.fingerprint(src, ckpt["sha256"], options, predictor.runtime))
     calls = []
 
     def stop_after_two(n, k):

@@ -243,10 +243,16 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def fingerprint(input_bytes: bytes, weights_sha: str, options: RefineOptions) -> str:
-    h = hashlib.sha256(input_bytes)
+def fingerprint(input_json: Path, weights_sha: str, options: RefineOptions, runtime: str = "") -> str:
+    """What decides a run's exact output: the input file (hashed in 1 MiB blocks, never held whole),
+    the weights, the options and the runtime (device kind, precision, batch size)."""
+    h = hashlib.sha256()
+    with open(input_json, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
     h.update(weights_sha.encode())
     h.update(json.dumps(asdict(options), sort_keys=True).encode())
+    h.update(runtime.encode())
     return h.hexdigest()
 
 
