@@ -26,13 +26,17 @@ precision_option = click.option(
     "--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
     help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16 is ~1.6x faster on CPUs with bfloat16 instructions.")
 
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None,
+    help="Images per forward pass (default: 1 on CPU, where batching measured slower; 4 on CUDA).")
 
-def make_predictor(weights: Path | None, device: str, precision: str = "auto"):
+
+def make_predictor(weights: Path | None, device: str, precision: str = "auto", batch_size: int | None = None):
     from .predictor import Predictor
     from .weights.checkpoint import load_model, resolve_weights
 
     model, ckpt = load_model(resolve_weights(weights))
-    return Predictor(model, device=device, precision=precision), ckpt
+    return Predictor(model, device=device, precision=precision, batch_size=batch_size), ckpt
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -157,6 +161,7 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @weights_option
 @device_option
 @precision_option
+@batch_size_option
 @click.option("--prompt", type=click.Choice(["auto", "box", "mask"]), default="auto", show_default=True,
               help="auto: the coarse mask where an annotation has one, else its box.")
 @click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True,
@@ -173,7 +178,7 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (and discard an old journal).")
 @handle_errors
 def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | None, device: str, precision: str,
-           prompt: str,
+           batch_size: int | None, prompt: str,
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
@@ -191,7 +196,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images folder not found")
     doc = read_coco(input_json)
-    predictor, ckpt = make_predictor(weights, device, precision)
+    predictor, ckpt = make_predictor(weights, device, precision, batch_size)
     journal = job.Journal(output, job.fingerprint(input_json, ckpt["sha256"], options, predictor.runtime))
     if journal.exists() and not resume:
         if not overwrite:
@@ -265,12 +270,14 @@ def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: 
 @weights_option
 @device_option
 @precision_option
+@batch_size_option
 @click.option("--vis-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write overlay PNGs of the predicted outlines here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @handle_errors
 def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, output_format: str, simplify: float,
-            weights: Path | None, device: str, precision: str, vis_dir: Path | None, overwrite: bool) -> None:
+            weights: Path | None, device: str, precision: str, batch_size: int | None, vis_dir: Path | None,
+            overwrite: bool) -> None:
     """Detect and segment every image in IMAGES_DIR; write COCO, COCO results or LabelMe."""
     import time
 
@@ -282,7 +289,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, ou
 
     refuse_overwrite(output, overwrite)
     files = list_images(images_dir)
-    predictor, _ = make_predictor(weights, device, precision)
+    predictor, _ = make_predictor(weights, device, precision, batch_size)
     t0 = time.perf_counter()
     count = {"n": 0}
 

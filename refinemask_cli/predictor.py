@@ -154,11 +154,15 @@ class Predictor:
     """
 
     def __init__(self, model: RefineMaskRCNN, device: str = "auto", precision: str = "auto",
-                 batch_size: int = 1, paste_chunk: int = 32):
+                 batch_size: int | None = None, paste_chunk: int = 32):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = inference_copy(model).to(self.device)
-        self.batch_size = max(1, batch_size)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        # images per forward pass: on CPU one (batching pads images to a common size and measured
+        # slower), on CUDA four, to keep the GPU busy between small images
+        self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.paste_chunk = max(1, paste_chunk)
         self.threshold = model.cfg.mask_threshold
 
@@ -214,6 +218,26 @@ class Predictor:
                 results.append(self._detections(out, img.shape[:2]))
         return results
 
+    def _refine_inputs(self, image, boxes, labels, coarse_masks, index: int = 0):
+        check_image(image, index)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        n = boxes.shape[0]
+        if not np.isfinite(boxes).all():
+            raise ValueError(f"image {index}: boxes must be finite numbers")
+        if n and ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+            raise ValueError(f"image {index}: boxes must be x1, y1, x2, y2 with x2 > x1 and y2 > y1")
+        labels = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"image {index}: {labels.shape[0]} labels for {n} boxes")
+        if n and (labels.min() < 0 or labels.max() >= self.model.cfg.num_classes):
+            raise ValueError(f"image {index}: labels must be in [0, {self.model.cfg.num_classes})")
+        prior = None
+        if coarse_masks is not None:
+            if len(coarse_masks) != n:
+                raise ValueError(f"image {index}: {len(coarse_masks)} coarse masks for {n} boxes")
+            prior = masks_to_priors(coarse_masks, boxes, self.model.cfg.stage_sizes[-1])
+        return boxes, labels, prior
+
     @torch.inference_mode()
     def refine(
         self,
@@ -223,27 +247,33 @@ class Predictor:
         coarse_masks: Sequence[InstanceMask | np.ndarray | None] | None = None,
         regress_boxes: bool = False,
     ) -> Detections:
-        check_image(image)
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        n = boxes.shape[0]
-        if not np.isfinite(boxes).all():
-            raise ValueError("boxes must be finite numbers")
-        if n and ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
-            raise ValueError("boxes must be x1, y1, x2, y2 with x2 > x1 and y2 > y1")
-        labels = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-        if labels.shape[0] != n:
-            raise ValueError(f"{labels.shape[0]} labels for {n} boxes")
-        if n and (labels.min() < 0 or labels.max() >= self.model.cfg.num_classes):
-            raise ValueError(f"labels must be in [0, {self.model.cfg.num_classes})")
+        """Masks for the ``boxes`` (xyxy pixels) of one image; see ``refine_many``."""
+        return self.refine_many([(image, boxes, labels, coarse_masks)], regress_boxes)[0]
+
+    @torch.inference_mode()
+    def refine_many(self, items: Sequence[tuple], regress_boxes: bool = False) -> list[Detections]:
+        """``items``: ``(image, boxes, labels or None, coarse_masks or None)`` per image, run through
+        the network in ONE forward pass (all boxes of an image in one pass, RoIs chunked inside).
+
+        Images of different sizes are padded to a common size, which nudges the features near the
+        padded edges, so results depend slightly on which images share a batch (never on order).
+        """
+        checked = [self._refine_inputs(*item, index=i) for i, item in enumerate(items)]
+        if not checked:
+            return []
         priors = None
-        if coarse_masks is not None:
-            if len(coarse_masks) != n:
-                raise ValueError(f"{len(coarse_masks)} coarse masks for {n} boxes")
-            priors = [masks_to_priors(coarse_masks, boxes, self.model.cfg.stage_sizes[-1])]
+        if any(prior is not None for _, _, prior in checked):
+            priors = [prior for _, _, prior in checked]
         with self._autocast():
-            out = self.model.refine(
-                [self._to_tensor(image)], [torch.from_numpy(boxes)], [torch.from_numpy(labels)], priors, regress_boxes
-            )[0]
-        if not regress_boxes:  # paste over the boxes exactly as given, not a float round trip
-            out["boxes"] = torch.from_numpy(boxes)
-        return self._detections(out, image.shape[:2], scores=torch.ones(n))
+            outs = self.model.refine(
+                [self._to_tensor(item[0]) for item in items],
+                [torch.from_numpy(b) for b, _, _ in checked],
+                [torch.from_numpy(lbl) for _, lbl, _ in checked],
+                priors, regress_boxes,
+            )
+        results = []
+        for item, (boxes, _, _), out in zip(items, checked, outs):
+            if not regress_boxes:  # paste over the boxes exactly as given, not a float round trip
+                out["boxes"] = torch.from_numpy(boxes)
+            results.append(self._detections(out, item[0].shape[:2], scores=torch.ones(len(boxes))))
+        return results

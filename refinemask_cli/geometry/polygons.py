@@ -58,10 +58,34 @@ def _dedupe(pts: np.ndarray) -> np.ndarray:
     return pts
 
 
-def encode_rle(mask: np.ndarray) -> dict:
-    """Compressed RLE with ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+def encode_rle(mask: np.ndarray, offset: tuple[int, int] = (0, 0), size: tuple[int, int] | None = None) -> dict:
+    """Compressed RLE with ``counts`` as str (JSON-ready).
+
+    With ``size=(H, W)``, ``mask`` is a crop whose top-left pixel sits at ``offset=(x0, y0)`` in an
+    H×W image: the runs are computed over the crop's columns only (no H×W array is made)."""
+    if size is None:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    height, width = (int(v) for v in size)
+    x0, y0 = offset
+    h, w = mask.shape
+    if h == 0 or w == 0 or not mask.any():
+        return encode_rle(np.zeros((height, width), dtype=bool))
+    slab = np.zeros((w, height), dtype=bool)  # the crop's columns, full height, column-major
+    slab[:, y0 : y0 + h] = mask.T
+    flat = slab.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    if flat[0]:
+        runs.insert(0, 0)  # COCO runs start with zeros
+    runs[0] += x0 * height
+    trailing = (width - x0 - w) * height
+    if len(runs) % 2:  # ends on zeros
+        runs[-1] += trailing
+    elif trailing:
+        runs.append(trailing)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def mask_bbox(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[float]:

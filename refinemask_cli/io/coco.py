@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..geometry.masks import segmentation_kind
 
@@ -182,8 +182,36 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
-def write_text_atomic(text: str, path: str | Path, overwrite: bool = False) -> None:
-    """Write through a temp file in the same folder and rename; refuse to replace without ``overwrite``."""
+def iter_dumps(doc: Any, chunk: int = 1000) -> Iterator[str]:
+    """``dumps(doc)`` in pieces: the lists of a top-level object (images, annotations, a results
+    list) are encoded ``chunk`` items at a time, so writing a 100k-annotation file never holds a
+    second copy of it as one string. The pieces join to exactly ``dumps(doc)``."""
+
+    def list_pieces(items: list) -> Iterator[str]:
+        yield "["
+        for start in range(0, len(items), chunk):
+            yield ("," if start else "") + dumps(items[start : start + chunk])[1:-1]
+        yield "]"
+
+    if isinstance(doc, list):
+        yield from list_pieces(doc)
+        return
+    if not isinstance(doc, dict):
+        yield dumps(doc)
+        return
+    yield "{"
+    for k, (key, value) in enumerate(doc.items()):
+        yield ("," if k else "") + dumps(key) + ":"
+        if isinstance(value, list) and len(value) > chunk:
+            yield from list_pieces(value)
+        else:
+            yield dumps(value)
+    yield "}"
+
+
+def write_text_atomic(text: str | Iterable[str], path: str | Path, overwrite: bool = False) -> None:
+    """Write through a temp file in the same folder and rename; refuse to replace without ``overwrite``.
+    ``text`` may be a string or an iterable of pieces (written as they come)."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise CocoError(f"{p} exists; pass --overwrite to replace it")
@@ -191,7 +219,11 @@ def write_text_atomic(text: str, path: str | Path, overwrite: bool = False) -> N
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            if isinstance(text, str):
+                f.write(text)
+            else:
+                for piece in text:
+                    f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -201,4 +233,4 @@ def write_text_atomic(text: str, path: str | Path, overwrite: bool = False) -> N
 
 
 def write_json_atomic(doc: Any, path: str | Path, overwrite: bool = False) -> None:
-    write_text_atomic(dumps(doc), path, overwrite)
+    write_text_atomic(iter_dumps(doc), path, overwrite)

@@ -6,6 +6,7 @@ from typing import Callable
 
 from ..io.images import SUFFIXES, read_image
 from ..predictor import Predictor
+from .pipeline import batch_groups, run_pipeline
 from .refine import encode_output
 
 
@@ -33,27 +34,39 @@ def predict_folder(
     on_image: Callable[[int, int], None] | None = None,
     on_result: Callable[[dict, object, list[dict]], None] | None = None,
 ) -> dict:
-    """A COCO dataset: images from the folder, one annotation (with ``score``) per detection."""
+    """A COCO dataset: images from the folder, one annotation (with ``score``) per detection.
+
+    Runs on the shared pipeline: images read ahead, ``predictor.batch_size`` per forward pass,
+    polygons encoded while the next batch runs; ids follow the sorted file names."""
     images, annotations = [], []
-    ann_id = 1
-    for image_id, path in enumerate(list_images(folder), start=1):
-        image = read_image(path)
-        h, w = image.shape[:2]
-        info = {"id": image_id, "file_name": path.name, "width": w, "height": h}
-        images.append(info)
-        det = predictor.predict([image], score_threshold=score_threshold)[0]
-        anns = []
-        for mask, label, score in zip(det.masks, det.labels, det.scores):
-            if mask.area == 0:
-                continue
-            fields, _ = encode_output(mask, h, w, output_format, simplify)
-            anns.append({"id": ann_id, "image_id": image_id, "category_id": int(label) + 1, **fields,
-                         "iscrowd": 0, "score": round(float(score), 5)})
-            ann_id += 1
-        annotations.extend(anns)
-        if on_result:
-            on_result(info, image, anns)
-        if on_image:
-            on_image(1, len(anns))
+
+    def forward(items):
+        return predictor.predict([image for _, image in items], score_threshold=score_threshold)
+
+    def finish(items, dets):
+        per_image = []
+        for (_, image), det in zip(items, dets):
+            h, w = image.shape[:2]
+            fields = []
+            for mask, label, score in zip(det.masks, det.labels, det.scores):
+                if mask.area:
+                    enc, _ = encode_output(mask, h, w, output_format, simplify)
+                    fields.append({"category_id": int(label) + 1, **enc, "iscrowd": 0, "score": round(float(score), 5)})
+            per_image.append(fields)
+        return per_image
+
+    def hand_on(items, per_image):
+        for (path, image), fields in zip(items, per_image):
+            image_id = len(images) + 1
+            info = {"id": image_id, "file_name": path.name, "width": image.shape[1], "height": image.shape[0]}
+            images.append(info)
+            anns = [{"id": len(annotations) + k + 1, "image_id": image_id, **f} for k, f in enumerate(fields)]
+            annotations.extend(anns)
+            if on_result:
+                on_result(info, image, anns)
+            if on_image:
+                on_image(1, len(anns))
+
+    run_pipeline(batch_groups(list_images(folder), predictor.batch_size), read_image, forward, finish, hand_on)
     return {"info": {"description": "refinemask predict"}, "images": images, "annotations": annotations,
             "categories": categories_of(predictor)}

@@ -18,10 +18,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..geometry import encode_rle, mask_bbox, mask_to_outline, segmentation_to_mask
+from ..geometry import encode_rle, mask_bbox, mask_to_outline
+from ..geometry.masks import segmentation_to_crop
 from ..io.coco import CocoError, check_dataset, dumps, first_error, segmentation_kind_safe
 from ..io.images import ImageReadError, read_image
 from ..predictor import InstanceMask, Predictor
+from .pipeline import batch_groups, run_pipeline
 
 PROMPTS = ("auto", "box", "mask")
 FORMATS = ("polygon", "rle")
@@ -100,11 +102,11 @@ def encode_output(mask: InstanceMask, height: int, width: int, output_format: st
     area = float(mask.area)
     bbox = mask_bbox(mask.mask, (mask.x0, mask.y0))
     if output_format == "rle":
-        segm = encode_rle(mask.full(height, width))
+        segm = encode_rle(mask.mask, (mask.x0, mask.y0), (height, width))
     else:
         outline = mask_to_outline(mask.mask, simplify, (mask.x0, mask.y0))
         if outline.holes:
-            segm = encode_rle(mask.full(height, width))
+            segm = encode_rle(mask.mask, (mask.x0, mask.y0), (height, width))
             flags.append("holes->rle")
         else:
             segm = outline.polygons
@@ -152,34 +154,47 @@ def validate_for_refine(doc: dict, images_dir: Path, options: RefineOptions) -> 
 
 
 # -- one image ----------------------------------------------------------------------------------
-def refine_image(
-    predictor: Predictor, image: np.ndarray, info: dict, anns: list[dict], labels: dict[int, int],
-    options: RefineOptions,
-) -> list[dict]:
-    """Per annotation: ``{"id", "fields" (or None to keep the input), "report"}``."""
-    h, w = image.shape[:2]
+@dataclass
+class Prepared:
+    """One image's model inputs, made from its annotations (off the model's thread)."""
+
+    boxes: np.ndarray  # float32 (N, 4) xyxy, clipped to the image
+    labels: np.ndarray  # int64 (N,)
+    coarse: list  # InstanceMask or None per annotation: the given mask
+    prompts: list[str]
+
+    @property
+    def priors(self) -> list:
+        return [m if p == "mask" else None for m, p in zip(self.coarse, self.prompts)]
+
+
+def prepare_image(height: int, width: int, anns: list[dict], labels: dict[int, int],
+                  options: RefineOptions) -> Prepared:
     boxes, coarse, prompts = [], [], []
     for ann in anns:
         prompt = annotation_prompt(ann, options.prompt)
         mask = None
         if segmentation_kind_safe(ann.get("segmentation")) not in ("none", "invalid"):
-            mask = InstanceMask.from_full(segmentation_to_mask(ann["segmentation"], h, w))
+            mask = InstanceMask(*segmentation_to_crop(ann["segmentation"], height, width))
         if "bbox" in ann:
             x, y, bw, bh = ann["bbox"]
-            box = np.array([x, y, x + bw, y + bh], dtype=np.float32)
         else:
             x, y, bw, bh = mask_bbox(mask.mask, (mask.x0, mask.y0))
-            box = np.array([x, y, x + bw, y + bh], dtype=np.float32)
-        box = np.clip(box, 0, [w, h, w, h]).astype(np.float32)
-        boxes.append(box)
+        boxes.append(np.clip(np.array([x, y, x + bw, y + bh], dtype=np.float32), 0, [width, height, width, height]))
         coarse.append(mask)
         prompts.append(prompt)
-    box_arr = np.stack(boxes) if boxes else np.zeros((0, 4), np.float32)
-    label_arr = np.array([labels[a["category_id"]] for a in anns], dtype=np.int64)
-    priors = [m if p == "mask" else None for m, p in zip(coarse, prompts)]
-    det = predictor.refine(image, box_arr, label_arr, priors, options.regress_boxes)
+    return Prepared(
+        boxes=np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
+        labels=np.array([labels[a["category_id"]] for a in anns], dtype=np.int64),
+        coarse=coarse, prompts=prompts,
+    )
+
+
+def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: RefineOptions) -> list[dict]:
+    """Per annotation: ``{"id", "fields" (or None to keep the input), "report"}``."""
+    h, w = info["height"], info["width"]
     results = []
-    for ann, refined, given, prompt, box in zip(anns, det.masks, coarse, prompts, box_arr):
+    for ann, refined, given, prompt, box in zip(anns, det.masks, prep.coarse, prep.prompts, prep.boxes):
         reference = given if prompt == "mask" else box_mask(box, h, w)
         iou = crop_iou(reference, refined)
         flags = []
@@ -198,6 +213,16 @@ def refine_image(
         )
         results.append({"id": ann["id"], "fields": fields, "report": asdict(report)})
     return results
+
+
+def refine_image(
+    predictor: Predictor, image: np.ndarray, info: dict, anns: list[dict], labels: dict[int, int],
+    options: RefineOptions,
+) -> list[dict]:
+    """One image through prepare → network → finish (the dataset run pipelines these steps)."""
+    prep = prepare_image(image.shape[0], image.shape[1], anns, labels, options)
+    det = predictor.refine(image, prep.boxes, prep.labels, prep.priors, options.regress_boxes)
+    return finish_image(det, prep, {**info, "height": image.shape[0], "width": image.shape[1]}, anns, options)
 
 
 # -- journal ------------------------------------------------------------------------------------
@@ -278,34 +303,6 @@ def load_checked_image(images_dir: Path, info: dict) -> np.ndarray:
     return image
 
 
-def prefetch_images(images_dir: Path, infos: list[dict], workers: int = 2, ahead: int = 4):
-    """Yield ``(info, image)`` in order while a thread pool decodes the next images (OpenCV releases
-    the GIL while decoding). One image per forward keeps results independent of batch composition,
-    which is what makes ``--resume`` exact."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        it = iter(infos)
-        for info in it:
-            pending.append((info, pool.submit(load_checked_image, images_dir, info)))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            info, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(load_checked_image, images_dir, nxt)))
-            try:
-                image = fut.result()
-            except BaseException:
-                for _, f in pending:
-                    f.cancel()
-                raise
-            yield info, image
-
-
 def refine_dataset(
     doc: dict,
     images_dir: Path,
@@ -316,32 +313,55 @@ def refine_dataset(
     on_image: ProgressFn | None = None,
     on_result: Callable[[dict, np.ndarray, list[dict]], None] | None = None,
 ) -> tuple[dict, list[dict], RefineStats]:
-    """The refined document, the report rows and counts. ``doc`` itself is not modified."""
+    """The refined document, the report rows and counts. ``doc`` itself is not modified.
+
+    A pipeline: worker threads read images and rasterise coarse masks ahead; the calling thread runs
+    ``predictor.batch_size`` images per forward pass and pastes; one thread turns masks into
+    polygons/RLE and report rows while the next batch runs. Results are handed on in document order.
+    """
     per_image = validate_for_refine(doc, images_dir, options)
     labels = model_labels(doc, predictor)
     stats = RefineStats(crowd_skipped=sum(1 for a in doc["annotations"] if a.get("iscrowd", 0)))
     done: dict[int, list[dict]] = journal.load() if (journal and resume and journal.exists()) else {}
     if journal and not done:
         journal.start()
-    stats.resumed_images = len(done)
+    infos = list(iter_images(doc, per_image))
+    groups = [g for g in batch_groups(infos, predictor.batch_size) if any(i["id"] not in done for i in g)]
+    redo = {i["id"] for g in groups for i in g}
+    stats.resumed_images = sum(1 for i in infos if i["id"] in done and i["id"] not in redo)
     results_by_image: dict[int, list[dict]] = dict(done)
     if on_image:
-        for info in iter_images(doc, per_image):
-            if info["id"] in done:
+        for info in infos:
+            if info["id"] in done and info["id"] not in redo:
                 on_image(1, len(per_image[info["id"]]))
-    todo = [info for info in iter_images(doc, per_image) if info["id"] not in done]
-    for info, image in prefetch_images(images_dir, todo):
-        results = refine_image(predictor, image, info, per_image[info["id"]], labels, options)
-        if journal:
-            journal.append(info["id"], results)
-        if on_result:
-            on_result(info, image, results)
-        results_by_image[info["id"]] = results
-        if on_image:
-            on_image(1, len(results))
+
+    def load(info: dict):
+        image = load_checked_image(images_dir, info)
+        return image, prepare_image(image.shape[0], image.shape[1], per_image[info["id"]], labels, options)
+
+    def finish(items, dets):
+        return [finish_image(det, prep, info, per_image[info["id"]], options)
+                for (info, (_, prep)), det in zip(items, dets)]
+
+    def hand_on(items, results_list):
+        for (info, (image, _)), results in zip(items, results_list):
+            if journal:
+                journal.append(info["id"], results)
+            if on_result:
+                on_result(info, image, results)
+            results_by_image[info["id"]] = results
+            if on_image:
+                on_image(1, len(results))
+
+    def forward(items):
+        return predictor.refine_many(
+            [(image, prep.boxes, prep.labels, prep.priors) for _, (image, prep) in items], options.regress_boxes
+        )
+
+    run_pipeline(groups, load, forward, finish, hand_on)
     new_fields: dict[int, dict] = {}
     rows = []
-    for info in iter_images(doc, per_image):
+    for info in infos:
         stats.images += 1
         for res in results_by_image[info["id"]]:
             stats.annotations += 1
