@@ -83,3 +83,38 @@ def test_precision_is_checked():
         Predictor(model, device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of"):
         Predictor(model, device="cpu", precision="int8")
+
+
+@pytest.mark.parametrize("boxes", [
+    [[4.0, 6.0, 30.0, 40.0]],                          # top-left corner: the window touches two map edges
+    [[70.0, 50.0, 120.0, 90.0], [90.0, 60.0, 100.0, 70.0]],  # middle: the window has four inner edges
+    [[100.0, 80.0, 128.0, 96.0]],                      # bottom-right edge of the image
+])
+def test_semantic_window_gives_the_full_map_values(boxes):
+    """Running the semantic head only over the window the RoIs read changes nothing."""
+    torch.manual_seed(0)
+    cfg = tiny_config(num_classes=1, class_names=("obj",), class_agnostic="all", min_size=96, max_size=128)
+    model = build_model(cfg).eval()
+    for m in model.roi_heads.mask_head.modules():  # non-zero biases, so zero padding would show
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.bias, std=0.5)
+    images = [torch.rand(3, 96, 128), torch.rand(3, 80, 128)]
+    b = torch.tensor(boxes)
+    args = ([img for img in images], [b, b * 0.8], [torch.zeros(len(b), dtype=torch.long)] * 2)
+    with torch.inference_mode():
+        model.roi_heads.semantic_window = False
+        full = model.refine(*args)
+        model.roi_heads.semantic_window = True
+        windowed = model.refine(*args)
+    for f, w in zip(full, windowed):
+        assert torch.allclose(f["mask_logits"], w["mask_logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_semantic_window_bounds():
+    from refinemask_cli.model.detector import semantic_window
+
+    rois = torch.tensor([[0, 40.0, 40.0, 60.0, 60.0]])
+    x0, y0, x1, y1 = semantic_window(rois, (100, 100), reach=4)
+    # box reads cells floor(40/4 - .5) = 9 .. floor(60/4 - .5) + 1 = 15, plus 5 cells of margin
+    assert (x0, y0, x1, y1) == (4, 4, 21, 21)
+    assert semantic_window(torch.tensor([[0, 0.0, 0.0, 390.0, 390.0]]), (100, 100), reach=4) is None

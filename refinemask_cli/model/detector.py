@@ -14,21 +14,22 @@ into the model's classes. Internally torchvision's box head keeps background at 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
+from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 
 from . import bar
-from torchvision.models.detection._utils import Matcher
 from .config import ModelConfig
 from .poolers import MultiLevelRoIAlign, boxes_to_rois
 from .prior import sample_priors
-from .refine_head import RefineMaskHead
+from .refine_head import SEMANTIC_STRIDE, RefineMaskHead
 
 
 class RefineRoIHeads(RoIHeads):
@@ -67,6 +68,8 @@ class RefineRoIHeads(RoIHeads):
         self.boundary_width = cfg.boundary_width
         self.prior_probability = cfg.prior_probability if cfg.coarse_prior else 0.0
         self.roi_chunk_size = cfg.roi_chunk_size
+        # inference: run the semantic head only over the part of P2 the RoIs can read (exact)
+        self.semantic_window = True
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, features, proposals, image_shapes, targets=None):
@@ -139,6 +142,14 @@ class RefineRoIHeads(RoIHeads):
         counts = [b.shape[0] for b in boxes]
         if rois.shape[0] == 0:
             return [p2.new_zeros((n, 1, size, size)) for n in counts]
+        sem_rois = rois
+        if self.semantic_window:
+            window = semantic_window(rois, tuple(p2.shape[-2:]), len(head.semantic_convs))
+            if window is not None:
+                x0, y0, x1, y1 = window
+                p2 = p2[..., y0:y1, x0:x1]
+                shift = SEMANTIC_STRIDE * torch.tensor([0, x0, y0, x0, y0], dtype=rois.dtype, device=rois.device)
+                sem_rois = rois - shift
         semantic_feat, semantic_logits = head.semantic_forward(p2)
         maps, prob = head.prepare_semantic(semantic_feat, semantic_logits)
         out = []
@@ -146,7 +157,7 @@ class RefineRoIHeads(RoIHeads):
             sl = slice(start, start + self.roi_chunk_size)
             feats = self.mask_roi_pool.forward_rois(features, rois[sl])
             prior = all_priors[sl] if all_priors is not None else None
-            stage_logits = head.instance_forward(feats, maps, prob, rois[sl], all_labels[sl], prior)
+            stage_logits = head.instance_forward(feats, maps, prob, sem_rois[sl], all_labels[sl], prior)
             out.append(bar.merge_stage_logits(stage_logits))
         return list(torch.cat(out).split(counts))
 
@@ -163,6 +174,26 @@ class RefineRoIHeads(RoIHeads):
         for b, shape in zip(chosen.split([len(b) for b in boxes]), image_shapes):
             out.append(box_ops.clip_boxes_to_image(b, shape))
         return out
+
+
+def semantic_window(rois: torch.Tensor, size: tuple[int, int], reach: int, min_saving: float = 0.1):
+    """The ``(x0, y0, x1, y1)`` window of the stride-4 semantic map that RoIAlign can read for these
+    RoIs, widened by the semantic convs' reach (``reach`` stacked 3×3 convs see ``reach`` cells
+    around), so that the head run on the window gives exactly the full map's values wherever the
+    RoIs sample. ``None`` when the window would save less than ``min_saving`` of the map.
+
+    RoIAlign (aligned) samples box points at ``coord / 4 − 0.5`` and reads the two cells around each."""
+    height, width = size
+    xs = rois[:, [1, 3]] / SEMANTIC_STRIDE - 0.5
+    ys = rois[:, [2, 4]] / SEMANTIC_STRIDE - 0.5
+    margin = reach + 1
+    x0 = max(int(math.floor(xs.min().item())) - margin, 0)
+    y0 = max(int(math.floor(ys.min().item())) - margin, 0)
+    x1 = min(int(math.floor(xs.max().item())) + 2 + margin, width)
+    y1 = min(int(math.floor(ys.max().item())) + 2 + margin, height)
+    if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) > (1 - min_saving) * height * width:
+        return None
+    return x0, y0, x1, y1
 
 
 def remap_priors(priors: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
