@@ -226,7 +226,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
                                               on_result)
     write_json_atomic(out, output, overwrite=True)
     if report:
-        write_text_atomic(job.report_csv(rows), report, overwrite=True)
+        write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
     journal.remove()
     elapsed = time.perf_counter() - state["t0"]
     ious = [r["iou_input_output"] for r in rows]

@@ -239,3 +239,11 @@ def test_batched_refine_agrees_with_one_image_at_a_time(weights, tmp_path):
         b = outs[1][aid]
         iou = mask_utils.iou([a["segmentation"]], [b["segmentation"]], [0])[0][0]
         assert iou > 0.97, (aid, iou)
+
+
+def test_report_csv_in_pieces_equals_one_string():
+    rows = [dict(annotation_id=i, image_id=1, category_id=1, prompt="box", iou_input_output=0.5,
+                 area_input=10.0 * (i % 3), area_output=12.0, flags="") for i in range(25)]
+    text = job.report_csv(rows)
+    assert "".join(job.iter_report_csv(rows, chunk=7)) == text
+    assert text.count("\n") == 26 and text.splitlines()[1].endswith(",0.0,")  # area_input 0: change 0

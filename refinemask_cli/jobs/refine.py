@@ -381,16 +381,25 @@ def refine_dataset(
     return out, rows, stats
 
 
-def report_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
+def iter_report_csv(rows: list[dict], chunk: int = 1000) -> Iterator[str]:
+    """The report as CSV text in pieces of ``chunk`` rows (never one report-sized string)."""
     fields = ["annotation_id", "image_id", "category_id", "prompt", "iou_input_output", "area_input",
               "area_output", "area_change", "flags"]
+    buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for r in rows:
+    for k, r in enumerate(rows, start=1):
         change = (r["area_output"] - r["area_input"]) / r["area_input"] if r["area_input"] else 0.0
         writer.writerow({**r, "area_change": round(change, 6)})
-    return buf.getvalue()
+        if k % chunk == 0:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()
+
+
+def report_csv(rows: list[dict]) -> str:
+    return "".join(iter_report_csv(rows))
 
 
 __all__ = ["RefineOptions", "refine_dataset", "report_csv", "Journal", "fingerprint", "dumps"]
