@@ -21,3 +21,18 @@ def test_predictor_cuda_matches_cpu_fp32():
     assert (a != b).mean() < 0.01
     half = Predictor(model, device="cuda", precision="fp16").predict([img])
     assert half[0].image_size == img.shape[:2]
+
+
+def test_cuda_defaults_and_batched_refine_match_cpu():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_classes=1, class_names=("obj",), class_agnostic="all"))
+    img, mask, box = ellipse_scene()
+    gpu = Predictor(model, device="cuda")
+    assert gpu.precision == "fp16" and gpu.batch_size == 4 and gpu.runtime == "cuda/fp16/batch4"
+    items = [(img, box[None], None, None), (img[:, ::-1].copy(), box[None], None, [mask[:, ::-1]])]
+    cpu_out = Predictor(model, device="cpu").refine_many(items)
+    for precision in ("fp32", "fp16", "bf16"):
+        out = Predictor(model, device="cuda", precision=precision).refine_many(items)
+        for a, b in zip(cpu_out, out):
+            fa, fb = a.masks[0].full(*img.shape[:2]), b.masks[0].full(*img.shape[:2])
+            assert (fa != fb).mean() < 0.02, precision
