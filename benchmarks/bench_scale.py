@@ -126,10 +126,11 @@ def long_run(predictor: Predictor, work: Path, n_images: int, per_image: int) ->
             samples[marks[seen["n"]]] = (rss_mb(), time.perf_counter() - t0)
 
     out, rows, stats = job.refine_dataset(doc, folder, predictor, job.RefineOptions(), on_image=on_image)
-    # what the run must keep: each refined annotation's new fields and its report row
+    # what the run must keep: the refined annotations (new dicts, new fields) and the report rows,
+    # i.e. what they hold beyond the input they share leaves with
     sample = slice(0, min(2000, len(rows)))
-    kept = deep_size([{k: a[k] for k in ("segmentation", "area", "bbox")} for a in out["annotations"][sample]])
-    kept += deep_size(rows[sample])
+    kept = deep_size([doc["annotations"][sample], out["annotations"][sample], rows[sample]])
+    kept -= deep_size(doc["annotations"][sample])
     kept_per_ann = kept / max(len(rows[sample]), 1)
     dst = work / "refined.json"
     write_json_atomic(out, dst, overwrite=True)
