@@ -329,11 +329,24 @@ def refine_dataset(
     groups = [g for g in batch_groups(infos, predictor.batch_size) if any(i["id"] not in done for i in g)]
     redo = {i["id"] for g in groups for i in g}
     stats.resumed_images = sum(1 for i in infos if i["id"] in done and i["id"] not in redo)
-    results_by_image: dict[int, list[dict]] = dict(done)
-    if on_image:
-        for info in infos:
-            if info["id"] in done and info["id"] not in redo:
-                on_image(1, len(per_image[info["id"]]))
+    # kept per image until the end: the new fields by annotation id and the report rows, nothing
+    # else (the per-annotation result wrappers go to the journal and are dropped)
+    new_fields: dict[int, dict] = {}
+    reports: dict[int, list[dict]] = {}
+
+    def keep(image_id: int, results: list[dict]) -> None:
+        reports[image_id] = [res["report"] for res in results]
+        for res in results:
+            if res["fields"] is not None:
+                new_fields[res["id"]] = res["fields"]
+            else:
+                new_fields.pop(res["id"], None)
+
+    for image_id, results in done.items():
+        keep(image_id, results)
+        if on_image and image_id not in redo:
+            on_image(1, len(results))
+    done.clear()  # the journal's copies are not needed any more
 
     def load(info: dict):
         image = load_checked_image(images_dir, info)
@@ -349,7 +362,7 @@ def refine_dataset(
                 journal.append(info["id"], results)
             if on_result:
                 on_result(info, image, results)
-            results_by_image[info["id"]] = results
+            keep(info["id"], results)
             if on_image:
                 on_image(1, len(results))
 
@@ -359,20 +372,16 @@ def refine_dataset(
         )
 
     run_pipeline(groups, load, forward, finish, hand_on)
-    new_fields: dict[int, dict] = {}
     rows = []
     for info in infos:
         stats.images += 1
-        for res in results_by_image[info["id"]]:
+        for rep in reports[info["id"]]:
             stats.annotations += 1
-            rep = res["report"]
             stats.by_prompt[rep["prompt"]] = stats.by_prompt.get(rep["prompt"], 0) + 1
             for flag in filter(None, rep["flags"].split(";")):
                 stats.flags[flag] = stats.flags.get(flag, 0) + 1
-            if res["fields"] is None:
+            if "kept-input" in rep["flags"]:
                 stats.kept_input += 1
-            else:
-                new_fields[res["id"]] = res["fields"]
             rows.append(rep)
     # a shallow copy: unchanged annotations are shared with the input, refined ones are new dicts
     # whose keys keep their order (segmentation/area/bbox replaced in place, added at the end if absent)
