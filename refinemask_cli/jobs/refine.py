@@ -215,16 +215,6 @@ def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: Ref
     return results
 
 
-def refine_image(
-    predictor: Predictor, image: np.ndarray, info: dict, anns: list[dict], labels: dict[int, int],
-    options: RefineOptions,
-) -> list[dict]:
-    """One image through prepare → network → finish (the dataset run pipelines these steps)."""
-    prep = prepare_image(image.shape[0], image.shape[1], anns, labels, options)
-    det = predictor.refine(image, prep.boxes, prep.labels, prep.priors, options.regress_boxes)
-    return finish_image(det, prep, {**info, "height": image.shape[0], "width": image.shape[1]}, anns, options)
-
-
 # -- journal ------------------------------------------------------------------------------------
 class Journal:
     """Finished images, one JSON line each, beside the output; a torn last line is ignored."""

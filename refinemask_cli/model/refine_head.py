@@ -47,18 +47,10 @@ class MultiBranchFusion(nn.Module):
         return self.merge_conv(out)
 
 
-def select_label_channel(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``(K, C, S, S)`` → ``(K, 1, S, S)``: the channel of each RoI's label (channel 0 if C == 1)."""
-    if logits.shape[1] == 1:
-        return logits
-    idx = torch.arange(logits.shape[0], device=logits.device)
-    return logits[idx, labels.to(logits.device)][:, None]
-
-
 def label_logits(conv: nn.Conv2d, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``select_label_channel(conv(x), labels)`` for a 1×1 ``conv``, computing only the chosen channel
-    of each RoI: a per-RoI dot product over the input channels instead of all C output maps (at
-    112×112 with 80 classes, 1/80 of the work)."""
+    """``(K, 1, S, S)``: each RoI's own label channel of the 1×1 ``conv`` applied to ``x`` (the only
+    channel when the conv is class-agnostic), computed as a per-RoI dot product over the input
+    channels instead of all C output maps (at 112×112 with 80 classes, 1/80 of the work)."""
     if conv.out_channels == 1:
         return conv(x)
     labels = labels.to(x.device)
