@@ -95,8 +95,13 @@ class Breakdown:
             ("network total", m, "refine"),
         ]:
             setattr(owner, attr, self.wrap(name, getattr(owner, attr)))
+        # the job's own per-image steps, put back by restore()
+        self.originals = (job.finish_image, job.prepare_image)
         job.finish_image = self.wrap("polygons/RLE + report (post thread)", job.finish_image, sync=False)
         job.prepare_image = self.wrap("read-side: coarse masks (worker)", job.prepare_image, sync=False)
+
+    def restore(self) -> None:
+        job.finish_image, job.prepare_image = self.originals
 
     def wrap(self, name, fn, sync=True):
         def timed(*a, **k):
@@ -168,7 +173,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 job.refine_dataset(refine_doc, images_dir, prof_pred, job.RefineOptions(prompt="box"))
                 row["profile"] = (time.perf_counter() - t0, dict(bd.totals))
-                job.finish_image, job.prepare_image = FINISH, PREPARE
+                bd.restore()
             if not args.skip_detectors:
                 import torchvision
 
@@ -237,8 +242,6 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
-FINISH, PREPARE = job.finish_image, job.prepare_image
 
 if __name__ == "__main__":
     main()

@@ -41,7 +41,6 @@ def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(segmentation_to_rle(segm, height, width)).astype(bool)
 
 
-
 def rle_counts(rle: dict) -> np.ndarray:
     """Run lengths of a COCO RLE (column-major, starting with a run of zeros), compressed or not.
 

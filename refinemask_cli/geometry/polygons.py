@@ -67,10 +67,17 @@ def encode_rle(mask: np.ndarray, offset: tuple[int, int] = (0, 0), size: tuple[i
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
     height, width = (int(v) for v in size)
+    runs = _crop_runs(mask, offset, height, width)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def _crop_runs(mask: np.ndarray, offset: tuple[int, int], height: int, width: int) -> list[int]:
+    """COCO run lengths (column-major, zeros first) of an H×W image holding ``mask`` at ``offset``."""
     x0, y0 = offset
     h, w = mask.shape
     if h == 0 or w == 0 or not mask.any():
-        return encode_rle(np.zeros((height, width), dtype=bool))
+        return [height * width]  # one run of zeros
     slab = np.zeros((w, height), dtype=bool)  # the crop's columns, full height, column-major
     slab[:, y0 : y0 + h] = mask.T
     flat = slab.ravel()
@@ -84,8 +91,7 @@ def encode_rle(mask: np.ndarray, offset: tuple[int, int] = (0, 0), size: tuple[i
         runs[-1] += trailing
     elif trailing:
         runs.append(trailing)
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    return runs
 
 
 def mask_bbox(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[float]:

@@ -30,7 +30,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
     """Fold every ``FrozenBatchNorm2d`` that directly follows a ``Conv2d`` among its siblings (the
     layout of torchvision's ResNet, its downsample branches and MobileNetV2) into that conv, in place.
 
-    Returns how many were folded. Raises if a frozen batch norm is left that follows no conv, so a
+    Returns how many were folded; ``inference_copy`` refuses a model where any is left over, so a
     backbone with another layout fails loudly instead of silently staying slow.
     """
     folded = 0
