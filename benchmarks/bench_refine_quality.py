@@ -1,11 +1,18 @@
-"""Refinement quality on coco-mval-dev: refine from boxes and from poly8 polygons, beside baselines.
+"""Refinement quality on the held-back fifths of ../shared/data, beside the coarse input and GrabCut.
 
-In ONE run, on the same annotations: (a) the coarse poly8 input itself, (b) OpenCV GrabCut from the
-box, (c) `refine` from boxes.json, (d) `refine` from poly8.json (plain and with --min-agreement),
-each scored by annotation id against instances.json (mIoU, mBIoU).
+For every set asked for, in ONE run and on the same annotations (every non-crowd object of the
+held-back images, `data/splits.py`): (a) the coarse poly8 polygons themselves (the set's
+`coarse/poly8.json` where it has one, else each GT mask's outer contour simplified to 4 % of its
+perimeter), (b) OpenCV GrabCut from the box, then `refine` from boxes and from poly8 for every
+`--variant`. Scored by annotation id (mIoU, mBIoU) overall and per COCO size (small < 32², medium
+< 96², large), with the refine speed in objects/s.
 
-    python benchmarks/bench_refine_quality.py --weights W.pt [--device auto] [--precision auto|fp32|fp16|bf16] [--split holdout|all]
-        [--data ../shared/data/coco-mval-dev] [--limit N] [--min-agreement 0.5]
+    python benchmarks/bench_refine_quality.py --weights W.pt [--device auto] [--precision auto]
+        [--sets coco-mval-dev coco-extra davis345 duts-tr-2k] [--limit N] [--no-grabcut] [--no-poly]
+        [--variant mode=whole --variant mode=zoom,flip=1,passes=2,min_area=16 ...] [--json OUT]
+
+A variant is comma-separated RefineOptions fields: mode (auto|whole|zoom), zoom_size, flip (0/1),
+passes, min_area, min_agreement.
 """
 from __future__ import annotations
 
@@ -20,18 +27,27 @@ import numpy as np
 
 from refinemask_cli.data.splits import holdout_ids, subset
 from refinemask_cli.engine.evaluate import evaluate_by_id
+from refinemask_cli.geometry import encode_rle, segmentation_to_mask
 from refinemask_cli.io.images import read_image
 from refinemask_cli.jobs import refine as job
+from refinemask_cli.jobs.demo import hasty_polygon
 from refinemask_cli.predictor import Predictor
 from refinemask_cli.weights import load_model
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data"
+SIZES = ("small", "medium", "large")
 
 
 def grabcut_doc(doc: dict, images_dir: Path, iters: int = 5) -> dict:
     out = {**doc, "annotations": []}
     images = {im["id"]: im for im in doc["images"]}
+    cache: dict[int, np.ndarray] = {}
     for ann in doc["annotations"]:
         im = images[ann["image_id"]]
-        img = read_image(images_dir / im["file_name"])[:, :, ::-1].copy()
+        if im["id"] not in cache:
+            cache.clear()
+            cache[im["id"]] = read_image(images_dir / im["file_name"])[:, :, ::-1].copy()
+        img = cache[im["id"]]
         x, y, w, h = (int(round(v)) for v in ann["bbox"])
         w, h = max(w, 2), max(h, 2)
         mask = np.zeros(img.shape[:2], np.uint8)
@@ -42,10 +58,58 @@ def grabcut_doc(doc: dict, images_dir: Path, iters: int = 5) -> dict:
         except cv2.error:
             m = np.zeros(img.shape[:2], bool)
             m[y : y + h, x : x + w] = True
-        from refinemask_cli.geometry import encode_rle
-
         out["annotations"].append({**ann, "segmentation": encode_rle(m)})
     return out
+
+
+def coarse_docs(data: Path, gt: dict) -> tuple[dict, dict]:
+    """(boxes, poly8) over the annotations of ``gt``: the set's own coarse files where it has them."""
+    ids = {a["id"] for a in gt["annotations"]}
+    if (data / "coarse/boxes.json").is_file():
+        keep = {im["id"] for im in gt["images"]}
+        boxes = subset(json.loads((data / "coarse/boxes.json").read_text()), keep)
+        poly8 = subset(json.loads((data / "coarse/poly8.json").read_text()), keep)
+        return boxes, poly8
+    images = {im["id"]: im for im in gt["images"]}
+    box_anns, poly_anns = [], []
+    for a in gt["annotations"]:
+        if a["id"] not in ids:
+            continue
+        base = {k: v for k, v in a.items() if k != "segmentation"}
+        box_anns.append(base)
+        im = images[a["image_id"]]
+        poly_anns.append({**base, "segmentation": hasty_polygon(segmentation_to_mask(a["segmentation"], im["height"], im["width"]))})
+    return {**gt, "annotations": box_anns}, {**gt, "annotations": poly_anns}
+
+
+def parse_variant(text: str) -> dict:
+    out: dict = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key == "mode":
+            out[key] = value
+        elif key in ("flip",):
+            out[key] = value not in ("0", "false", "")
+        elif key in ("passes", "zoom_size"):
+            out[key] = int(value)
+        elif key in ("min_area", "min_agreement"):
+            out[key] = float(value)
+        else:
+            raise SystemExit(f"unknown variant key {key!r} in {text!r}")
+    return out
+
+
+def load_set(name: str, limit: int) -> tuple[Path, dict]:
+    data = DATA / name
+    if not (data / "instances.json").is_file():
+        sys.exit(f"{data}: data folder not found")
+    gt = json.loads((data / "instances.json").read_text())
+    ids = sorted(holdout_ids(im["id"] for im in gt["images"]))
+    if limit:
+        ids = ids[:limit]
+    gt = subset(gt, set(ids))
+    gt["annotations"] = [a for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    return data, gt
 
 
 def main() -> None:
@@ -53,51 +117,62 @@ def main() -> None:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/coco-mval-dev"))
-    ap.add_argument("--split", default="holdout", choices=["holdout", "all"])
-    ap.add_argument("--limit", type=int, default=0, help="first N images of the split (0 = all)")
-    ap.add_argument("--min-agreement", type=float, default=0.5)
+    ap.add_argument("--sets", nargs="+", default=["coco-mval-dev", "coco-extra", "davis345", "duts-tr-2k"])
+    ap.add_argument("--limit", type=int, default=0, help="first N held-back images of each set (0 = all)")
+    ap.add_argument("--variant", action="append", default=None,
+                    help="refine options, e.g. mode=zoom,flip=1 (repeatable; default: the defaults)")
     ap.add_argument("--no-grabcut", action="store_true")
+    ap.add_argument("--no-poly", action="store_true", help="refine from boxes only")
+    ap.add_argument("--json", default=None, help="also write every score as JSON here")
     args = ap.parse_args()
-    data = Path(args.data)
-    if not data.is_dir():
-        sys.exit(f"{data}: data folder not found")
-    gt = json.loads((data / "instances.json").read_text())
-    ids = holdout_ids(im["id"] for im in gt["images"]) if args.split == "holdout" else {im["id"] for im in gt["images"]}
-    if args.limit:
-        ids = set(sorted(ids)[: args.limit])
-    gt = subset(gt, ids)
-    boxes = subset(json.loads((data / "coarse/boxes.json").read_text()), ids)
-    poly8 = subset(json.loads((data / "coarse/poly8.json").read_text()), ids)
     model, ckpt = load_model(args.weights)
     predictor = Predictor(model, device=args.device, precision=args.precision)
-    images = data / "images"
-    rows = []
+    variants = args.variant or [""]
+    print(f"weights {Path(args.weights).name} (sha256 {ckpt['sha256'][:12]}), device {predictor.device}, "
+          f"{predictor.precision}")
+    results = []
+    for name in args.sets:
+        data, gt = load_set(name, args.limit)
+        images = data / "images"
+        boxes, poly8 = coarse_docs(data, gt)
+        rows = []
 
-    def score(name, doc, seconds=None):
-        r = evaluate_by_id(gt, doc)
-        rows.append((name, r["mIoU"], r["mBIoU"], r["boundary_acc"], r["interior_acc"], seconds))
+        def score(label, doc, seconds=None):
+            r = evaluate_by_id(gt, doc)
+            n = r["count"]
+            rows.append({"set": name, "method": label, "mIoU": r["mIoU"], "mBIoU": r["mBIoU"],
+                         "per_size": r["per_size"], "count": n,
+                         "objects_per_s": (n / seconds) if seconds else None})
 
-    score("coarse input: poly8 polygons", poly8)
-    if not args.no_grabcut:
-        t = time.perf_counter()
-        score("OpenCV GrabCut from the box", grabcut_doc(boxes, images), time.perf_counter() - t)
-    for name, doc, opts in (
-        ("refine from boxes", boxes, job.RefineOptions(prompt="box")),
-        ("refine from poly8", poly8, job.RefineOptions(prompt="auto")),
-        (f"refine from poly8, --min-agreement {args.min_agreement}", poly8,
-         job.RefineOptions(prompt="auto", min_agreement=args.min_agreement)),
-    ):
-        t = time.perf_counter()
-        out, _, _ = job.refine_dataset(doc, images, predictor, opts)
-        score(name, out, time.perf_counter() - t)
-    dev = predictor.device
-    print(f"coco-mval-dev split={args.split}: {len(gt['images'])} images, {len(gt['annotations'])} annotations")
-    print(f"weights {Path(args.weights).name} (sha256 {ckpt['sha256'][:12]}), device {dev}, {predictor.precision}")
-    print("| method | mIoU | mBIoU | boundary acc | interior acc | seconds |")
-    print("|---|---|---|---|---|---|")
-    for name, miou, mbiou, accb, acci, sec in rows:
-        print(f"| {name} | {miou:.3f} | {mbiou:.3f} | {accb:.3f} | {acci:.3f} | {'' if sec is None else f'{sec:.0f}'} |")
+        if not args.no_poly:
+            score("coarse input: poly8", poly8)
+        if not args.no_grabcut:
+            t = time.perf_counter()
+            score("OpenCV GrabCut from the box", grabcut_doc(boxes, images), time.perf_counter() - t)
+        for v in variants:
+            fields = parse_variant(v)
+            label = v or "defaults"
+            prompts = [("boxes", boxes, "box")] + ([] if args.no_poly else [("poly8", poly8, "auto")])
+            for pname, doc, prompt in prompts:
+                opts = job.RefineOptions(prompt=prompt, **fields)
+                t = time.perf_counter()
+                out, _, _ = job.refine_dataset(doc, images, predictor, opts)
+                score(f"refine from {pname} [{label}]", out, time.perf_counter() - t)
+        counts = {s: gt_n["count"] for s, gt_n in rows[0]["per_size"].items()} if rows else {}
+        print(f"\n{name} held-back fifth: {len(gt['images'])} images, {len(gt['annotations'])} objects "
+              f"({', '.join(f'{s} {counts.get(s, 0)}' for s in SIZES)})")
+        print("| method | mIoU | mBIoU | small | medium | large | objects/s |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            sizes = " | ".join(
+                f"{r['per_size'][s]['mIoU']:.3f} / {r['per_size'][s]['mBIoU']:.3f}" if s in r["per_size"] else "—"
+                for s in SIZES)
+            speed = "" if r["objects_per_s"] is None else f"{r['objects_per_s']:.1f}"
+            print(f"| {r['method']} | {r['mIoU']:.3f} | {r['mBIoU']:.3f} | {sizes} | {speed} |")
+        sys.stdout.flush()
+        results += rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

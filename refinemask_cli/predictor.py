@@ -18,6 +18,7 @@ from torchvision.ops import roi_align
 
 from .model import RefineMaskRCNN
 from .model.inference import inference_copy
+from .model.zoom import ZoomSpec
 
 PRIOR_SIZE = 112
 
@@ -74,6 +75,29 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MODES = ("auto", "whole", "zoom")
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """How ``refine`` runs the network. ``mode``: ``zoom`` refines each object in its own crop,
+    ``whole`` the whole image at the model's input size, ``auto`` zoom for weights trained for it
+    (``zoom_size`` in their config) and whole otherwise. ``zoom_size``: the crop side (default: the
+    size the weights were trained at, else their input size). ``flip``: average with the mirrored
+    input. ``passes``: feed each result back as the coarse mask this many times minus one."""
+
+    mode: str = "auto"
+    zoom_size: int | None = None
+    flip: bool = False
+    passes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.zoom_size is not None and self.zoom_size < 32:
+            raise ValueError(f"zoom size must be >= 32 pixels, got {self.zoom_size}")
+        if not 1 <= self.passes <= 4:
+            raise ValueError(f"passes must be 1 to 4, got {self.passes}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -164,6 +188,8 @@ class Predictor:
         # slower), on CUDA four, to keep the GPU busy between small images
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.paste_chunk = max(1, paste_chunk)
+        # zoom mode: object crops per forward pass
+        self.crop_batch = 16 if self.device.type == "cuda" else 8
         self.threshold = model.cfg.mask_threshold
 
     @property
@@ -246,18 +272,28 @@ class Predictor:
         labels: np.ndarray | None = None,
         coarse_masks: Sequence[InstanceMask | np.ndarray | None] | None = None,
         regress_boxes: bool = False,
+        settings: RefineSettings | None = None,
     ) -> Detections:
         """Masks for the ``boxes`` (xyxy pixels) of one image; see ``refine_many``."""
-        return self.refine_many([(image, boxes, labels, coarse_masks)], regress_boxes)[0]
+        return self.refine_many([(image, boxes, labels, coarse_masks)], regress_boxes, settings)[0]
+
+    def zoom_spec(self, settings: RefineSettings) -> ZoomSpec | None:
+        """The crop geometry ``settings`` ask for with these weights, or None for whole images."""
+        cfg = self.model.cfg
+        if settings.mode == "whole" or (settings.mode == "auto" and not cfg.zoom_size):
+            return None
+        return ZoomSpec(settings.zoom_size or cfg.zoom_size or cfg.min_size, cfg.zoom_margin)
 
     @torch.inference_mode()
-    def refine_many(self, items: Sequence[tuple], regress_boxes: bool = False) -> list[Detections]:
+    def refine_many(self, items: Sequence[tuple], regress_boxes: bool = False,
+                    settings: RefineSettings | None = None) -> list[Detections]:
         """``items``: ``(image, boxes, labels or None, coarse_masks or None)`` per image, run through
         the network in ONE forward pass (all boxes of an image in one pass, RoIs chunked inside).
 
         Images of different sizes are padded to a common size, which nudges the features near the
         padded edges, so results depend slightly on which images share a batch (never on order).
         """
+        settings = settings or RefineSettings()
         checked = [self._refine_inputs(*item, index=i) for i, item in enumerate(items)]
         if not checked:
             return []
@@ -269,7 +305,8 @@ class Predictor:
                 [self._to_tensor(item[0]) for item in items],
                 [torch.from_numpy(b) for b, _, _ in checked],
                 [torch.from_numpy(lbl) for _, lbl, _ in checked],
-                priors, regress_boxes,
+                priors, regress_boxes, zoom=self.zoom_spec(settings), flip=settings.flip, passes=settings.passes,
+                crop_batch=self.crop_batch,
             )
         results = []
         for item, (boxes, _, _), out in zip(items, checked, outs):

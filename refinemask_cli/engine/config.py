@@ -67,6 +67,10 @@ class TrainConfig:
     flip: float = 0.5
     copy_paste: float = 0.0  # probability of pasting another image's instances into a sample
     box_jitter: float = 0.1  # mask mode: relative jitter of the GT boxes used as RoIs
+    # mask mode with [model] zoom_size > 0: objects per image refined in their own crops, and the
+    # relative jitter of the crop margin
+    zoom_crops: int = 2
+    zoom_margin_jitter: float = 0.25
     checkpoint_every: int = 500
     num_workers: int = 2
     log_every: int = 10
@@ -77,7 +81,9 @@ class TrainConfig:
             errors.append("at least one training dataset is needed (--train-json/--images or [[datasets]])")
         if self.mode not in ("full", "mask"):
             errors.append(f"mode must be 'full' or 'mask', got {self.mode!r}")
-        for name in ("iters", "batch_size", "checkpoint_every", "log_every"):
+        if not 0 <= self.zoom_margin_jitter < 1:
+            errors.append("zoom_margin_jitter must be in [0, 1)")
+        for name in ("iters", "batch_size", "checkpoint_every", "log_every", "zoom_crops"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1")
         if self.lr is not None and not self.lr > 0:

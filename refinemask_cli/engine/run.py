@@ -24,6 +24,7 @@ from ..data.mixture import MixedInstances, StepBatchSampler
 from ..data.splits import holdout_ids
 from ..io.coco import read_coco
 from ..model import ModelConfig, RefineMaskRCNN, build_model
+from ..model.zoom import ZoomSpec
 from ..weights.checkpoint import atomic_torch_save, load_model, load_state_strict, save_checkpoint
 from ..weights.convert import load_mobilenet_v2_imagenet
 from .config import TrainConfig
@@ -183,6 +184,8 @@ def run_training(
                            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
                            "rng": rng_state()}, state_path)
 
+    # mask mode of a zoom model: every object refined in its own crop, as at inference
+    zoom = ZoomSpec(model_cfg.zoom_size, model_cfg.zoom_margin) if model_cfg.zoom_size and cfg.mode == "mask" else None
     step = start
     for images, targets in loader:
         if stop_after is not None and step >= stop_after:
@@ -193,7 +196,8 @@ def run_training(
         for g in optimizer.param_groups:
             g["lr"] = current_lr
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            losses = net(images, targets, mask_only=cfg.mode == "mask")
+            losses = net(images, targets, mask_only=cfg.mode == "mask", zoom=zoom, zoom_crops=cfg.zoom_crops,
+                         zoom_margin_jitter=cfg.zoom_margin_jitter)
         total = sum(losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(f"loss became {total.item()} at step {step}; lower --lr")

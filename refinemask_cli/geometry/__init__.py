@@ -5,3 +5,6 @@ __all__ = ["segmentation_kind", "segmentation_to_mask"]
 from .polygons import Outline, encode_rle, mask_bbox, mask_to_outline  # noqa: E402
 
 __all__ += ["Outline", "encode_rle", "mask_bbox", "mask_to_outline"]
+from .cleanup import Cleaned, remove_small_regions  # noqa: E402
+
+__all__ += ["Cleaned", "remove_small_regions"]

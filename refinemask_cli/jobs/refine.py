@@ -18,11 +18,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..geometry import encode_rle, mask_bbox, mask_to_outline
+from ..geometry import encode_rle, mask_bbox, mask_to_outline, remove_small_regions
 from ..geometry.masks import segmentation_to_crop
 from ..io.coco import CocoError, check_dataset, dumps, first_error, segmentation_kind_safe
 from ..io.images import ImageReadError, read_image
-from ..predictor import InstanceMask, Predictor
+from ..predictor import InstanceMask, Predictor, RefineSettings
 from .pipeline import batch_groups, run_pipeline
 
 PROMPTS = ("auto", "box", "mask")
@@ -36,8 +36,21 @@ class RefineOptions:
     simplify: float = 0.0
     min_agreement: float | None = None
     regress_boxes: bool = False
+    # how the network runs (see predictor.RefineSettings) and the clean-up after it
+    mode: str = "auto"
+    zoom_size: int | None = None
+    flip: bool = False
+    passes: int = 1
+    min_area: float = 0.0  # islands and holes smaller than this many pixels are removed / filled
+
+    @property
+    def settings(self) -> RefineSettings:
+        return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes)
 
     def __post_init__(self) -> None:
+        self.settings  # validates mode, zoom size and passes
+        if self.min_area < 0:
+            raise ValueError("--min-area must be >= 0 pixels")
         if self.prompt not in PROMPTS:
             raise ValueError(f"prompt must be one of {PROMPTS}")
         if self.output_format not in FORMATS:
@@ -196,8 +209,12 @@ def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: Ref
     results = []
     for ann, refined, given, prompt, box in zip(anns, det.masks, prep.coarse, prep.prompts, prep.boxes):
         reference = given if prompt == "mask" else box_mask(box, h, w)
-        iou = crop_iou(reference, refined)
         flags = []
+        if options.min_area > 0:
+            cleaned = remove_small_regions(refined.mask, options.min_area)
+            refined = InstanceMask(refined.x0, refined.y0, cleaned.mask)
+            flags += ["islands-removed"] * bool(cleaned.islands_removed) + ["holes-filled"] * bool(cleaned.holes_filled)
+        iou = crop_iou(reference, refined)
         fields = None
         if refined.area == 0:
             flags.append("empty-output:kept-input")
@@ -358,7 +375,8 @@ def refine_dataset(
 
     def forward(items):
         return predictor.refine_many(
-            [(image, prep.boxes, prep.labels, prep.priors) for _, (image, prep) in items], options.regress_boxes
+            [(image, prep.boxes, prep.labels, prep.priors) for _, (image, prep) in items], options.regress_boxes,
+            options.settings,
         )
 
     run_pipeline(groups, load, forward, finish, hand_on)

@@ -56,6 +56,10 @@ class ModelConfig:
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
     mask_threshold: float = 0.5
+    # zoom-in refinement: the working size (crop side) the mask branch was trained at; 0 = trained on
+    # whole images only (zoom at inference then uses min_size)
+    zoom_size: int = 0
+    zoom_margin: float = 0.3
     roi_chunk_size: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +81,10 @@ class ModelConfig:
             errors.append(f"fpn_channels must be a multiple of 8 and >= 32, got {self.fpn_channels}")
         if not 0.0 <= self.prior_probability <= 1.0:
             errors.append("prior_probability must be in [0, 1]")
+        if self.zoom_size and self.zoom_size < 32:
+            errors.append(f"zoom_size must be 0 (none) or >= 32, got {self.zoom_size}")
+        if not 0.0 <= self.zoom_margin <= 4.0:
+            errors.append(f"zoom_margin must be in [0, 4], got {self.zoom_margin}")
         if errors:
             raise ValueError("invalid model config: " + "; ".join(errors))
 

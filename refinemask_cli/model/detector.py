@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 from torchvision.models.detection._utils import Matcher
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import boxes as box_ops
@@ -30,6 +31,7 @@ from .config import ModelConfig
 from .poolers import MultiLevelRoIAlign, boxes_to_rois
 from .prior import sample_priors
 from .refine_head import SEMANTIC_STRIDE, RefineMaskHead
+from .zoom import ZoomSpec, crop_masks, crop_regions, flip_boxes, from_crop, to_crop, zoom_regions
 
 
 class RefineRoIHeads(RoIHeads):
@@ -237,15 +239,16 @@ class RefineMaskRCNN(nn.Module):
     def _to_torchvision_targets(targets):
         return [{**t, "labels": t["labels"].long() + 1} for t in targets]
 
-    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None, mask_only: bool = False):
-        """Train mode: the loss dict (``mask_only``: mask-branch losses from the target boxes only).
-        Eval mode: detections."""
+    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None, mask_only: bool = False,
+                zoom: ZoomSpec | None = None, zoom_crops: int = 2, zoom_margin_jitter: float = 0.0):
+        """Train mode: the loss dict (``mask_only``: mask-branch losses from the target boxes only,
+        in zoom crops when ``zoom`` is given). Eval mode: detections."""
         self._check_images(images)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
             if mask_only:
-                return self.mask_losses(images, targets)
+                return self.mask_losses(images, targets, zoom, zoom_crops, zoom_margin_jitter)
             images_t, targets_t = self.transform(list(images), self._to_torchvision_targets(targets))
             features = self.backbone(images_t.tensors)
             proposals, rpn_losses = self.rpn(images_t, features, targets_t)
@@ -260,15 +263,58 @@ class RefineMaskRCNN(nn.Module):
             det["boxes"] = resize_boxes(det["boxes"], net_size, orig)
         return detections
 
-    def mask_losses(self, images: Sequence[torch.Tensor], targets: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """Mask-branch losses with the (already jittered, if wanted) target boxes as RoIs."""
+    def mask_losses(self, images: Sequence[torch.Tensor], targets: Sequence[dict], zoom: ZoomSpec | None = None,
+                    zoom_crops: int = 2, zoom_margin_jitter: float = 0.0) -> dict[str, torch.Tensor]:
+        """Mask-branch losses with the (already jittered, if wanted) target boxes as RoIs.
+
+        With ``zoom``: up to ``zoom_crops`` objects per image, each in its own crop (margin drawn
+        within ``± zoom_margin_jitter`` of the spec's); the semantic target of a crop is every
+        labelled object in it."""
         self._check_images(images)
-        images_t, targets_t = self.transform(list(images), [dict(t) for t in targets])
+        if zoom is not None:
+            images_t, targets_t = self._zoom_training_batch(images, targets, zoom, zoom_crops, zoom_margin_jitter)
+            if images_t is None:  # no object in any image of the batch
+                zero = sum(p.sum() for p in self.roi_heads.mask_head.parameters()) * 0.0
+                return {"loss_instance": zero, "loss_semantic": zero}
+        else:
+            images_t, targets_t = self.transform(list(images), [dict(t) for t in targets])
         features = self.backbone(images_t.tensors)
         boxes = [t["boxes"] for t in targets_t]
         labels = [t["labels"].long() for t in targets_t]
         inds = [torch.arange(len(b), device=b.device) for b in boxes]
         return self.roi_heads.mask_losses(features, boxes, labels, inds, [t["masks"] for t in targets_t])
+
+    def _normalized_batch(self, images: Sequence[torch.Tensor]) -> ImageList:
+        """Normalised and padded like the transform does, without resizing."""
+        imgs = [self.transform.normalize(im) for im in images]
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in imgs]
+        return ImageList(self.transform.batch_images(imgs, size_divisible=self.transform.size_divisible), sizes)
+
+    def _fill(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.transform.image_mean, dtype=torch.float32, device=like.device)
+
+    def _zoom_training_batch(self, images, targets, zoom: ZoomSpec, per_image: int, margin_jitter: float):
+        crops, out_targets = [], []
+        for img, t in zip(images, targets):
+            n = len(t["boxes"])
+            if n == 0:
+                continue
+            pick = torch.randperm(n)[:per_image].to(img.device)
+            margin = zoom.margin * (1 + margin_jitter * (2 * torch.rand(len(pick)) - 1))
+            boxes = t["boxes"][pick].float()
+            regions = zoom_regions(boxes, zoom, margin.to(boxes))
+            masks = t["masks"]
+            inst = crop_masks(masks, pick, regions, zoom.size)
+            union = crop_masks((masks > 0).any(dim=0, keepdim=True), torch.zeros_like(pick), regions, zoom.size)
+            crop_boxes = to_crop(boxes, regions, zoom.size)
+            images_k = crop_regions(img, regions, zoom.size, self._fill(img))
+            for j in range(len(pick)):
+                crops.append(images_k[j])
+                out_targets.append({"boxes": crop_boxes[j : j + 1], "labels": t["labels"][pick[j : j + 1]],
+                                    "masks": torch.stack([inst[j], union[j]])})
+        if not crops:
+            return None, None
+        return self._normalized_batch(crops), out_targets
 
     def refine(
         self,
@@ -277,34 +323,98 @@ class RefineMaskRCNN(nn.Module):
         labels: Sequence[torch.Tensor],
         priors: Sequence[torch.Tensor | None] | None = None,
         regress_boxes: bool = False,
+        zoom: ZoomSpec | None = None,
+        flip: bool = False,
+        passes: int = 1,
+        crop_batch: int = 8,
     ) -> list[dict[str, torch.Tensor]]:
         """Masks for given boxes (image coordinates): per image ``boxes`` (maybe tightened), ``mask_logits``.
 
         ``priors[i]`` is ``(n_i, 112, 112)`` coarse masks in box coordinates (0.5 = box only).
+        ``zoom``: each box refined in its own crop (``crop_batch`` crops per forward pass); else the
+        whole image at the transform's size. ``flip``: logits averaged with those of the mirrored
+        input. ``passes`` > 1: the previous pass's mask is fed back as the coarse prior (features reused).
         """
         self._check_images(images)
+        if passes < 1:
+            raise ValueError(f"passes must be >= 1, got {passes}")
+        if passes > 1 and not self.roi_heads.mask_head.use_prior:
+            raise ValueError("several passes feed the mask back as a coarse prior; this model has no prior input")
+        dev = images[0].device if len(images) else torch.device("cpu")
+        boxes = [b.to(dev).reshape(-1, 4).float() for b in boxes]
+        labels = [lbl.to(dev).long() for lbl in labels]
+        size = self.cfg.stage_sizes[-1]
+        if self.roi_heads.mask_head.use_prior and (priors is not None or passes > 1):
+            priors = [p.to(dev).float() if p is not None else boxes[i].new_full((len(boxes[i]), size, size), 0.5)
+                      for i, p in enumerate(priors if priors is not None else [None] * len(boxes))]
+        else:
+            priors = None
+        if zoom is None:
+            out_boxes, logits = self._refine_views(list(images), boxes, labels, priors, regress_boxes, flip, passes,
+                                                   resize=True)
+        else:
+            out_boxes, logits = self._refine_zoom(list(images), boxes, labels, priors, regress_boxes, flip, passes,
+                                                  zoom, crop_batch)
+        return [{"boxes": b, "labels": lbl, "mask_logits": m} for b, lbl, m in zip(out_boxes, labels, logits)]
+
+    def _refine_zoom(self, images, boxes, labels, priors, regress_boxes, flip, passes, zoom: ZoomSpec, crop_batch: int):
+        counts = [len(b) for b in boxes]
+        all_boxes = torch.cat(boxes) if boxes else torch.zeros((0, 4))
+        size = self.cfg.stage_sizes[-1]
+        if all_boxes.shape[0] == 0:
+            return boxes, [all_boxes.new_zeros((0, 1, size, size)) for _ in boxes]
+        regions = torch.cat([zoom_regions(b, zoom) for b in boxes])
+        crop_boxes = to_crop(all_boxes, regions, zoom.size)
+        all_labels = torch.cat(labels)
+        all_priors = torch.cat(priors) if priors is not None else None
+        owner = [i for i, n in enumerate(counts) for _ in range(n)]
+        out_boxes, out_logits = [], []
+        for start in range(0, len(owner), max(1, crop_batch)):
+            idx = list(range(start, min(start + max(1, crop_batch), len(owner))))
+            crops = []
+            for i in sorted(set(owner[k] for k in idx)):  # crop each image once per chunk
+                ks = [k for k in idx if owner[k] == i]
+                crops.extend(crop_regions(images[i], regions[ks], zoom.size, self._fill(images[i])).unbind(0))
+            b, lg = self._refine_views(
+                crops, [crop_boxes[k : k + 1] for k in idx], [all_labels[k : k + 1] for k in idx],
+                [all_priors[k : k + 1] for k in idx] if all_priors is not None else None,
+                regress_boxes, flip, passes, resize=False,
+            )
+            out_boxes.append(from_crop(torch.cat(b), regions[idx], zoom.size))
+            out_logits.append(torch.cat(lg))
+        return list(torch.cat(out_boxes).split(counts)), list(torch.cat(out_logits).split(counts))
+
+    def _refine_views(self, images, boxes, labels, priors, regress_boxes, flip, passes, resize: bool):
+        """The image as given and, with ``flip``, mirrored: logits averaged in box coordinates."""
+        out_boxes, logits, used_priors = self._refine_once(images, boxes, labels, priors, regress_boxes, passes, resize)
+        if not flip:
+            return out_boxes, logits
+        widths = [img.shape[-1] for img in images]
+        mirrored = [flip_boxes(b, w) for b, w in zip(out_boxes, widths)]
+        m_priors = [p.flip(-1) for p in used_priors] if used_priors is not None else None
+        _, m_logits, _ = self._refine_once([img.flip(-1) for img in images], mirrored, labels, m_priors, False,
+                                           passes, resize)
+        return out_boxes, [(a + b.flip(-1)) / 2 for a, b in zip(logits, m_logits)]
+
+    def _refine_once(self, images, boxes, labels, priors, regress_boxes, passes, resize: bool):
+        """One view: ``(boxes in image coordinates, logits, priors after any box regression)``."""
         original_sizes = [tuple(img.shape[-2:]) for img in images]
-        images_t, _ = self.transform(list(images))
+        images_t = self.transform(list(images))[0] if resize else self._normalized_batch(images)
         features = self.backbone(images_t.tensors)
         net_boxes = [
             resize_boxes(b.to(features["0"]).reshape(-1, 4), orig, net)
             for b, orig, net in zip(boxes, original_sizes, images_t.image_sizes)
         ]
         labels = [lbl.to(features["0"].device).long() for lbl in labels]
-        use_priors = None
-        if priors is not None and self.roi_heads.mask_head.use_prior:
-            size = self.cfg.stage_sizes[-1]
-            use_priors = [
-                p.to(features["0"]) if p is not None else features["0"].new_full((len(b), size, size), 0.5)
-                for p, b in zip(priors, net_boxes)
-            ]
+        use_priors = [p.to(features["0"]) for p in priors] if priors is not None else None
         if regress_boxes:
             new_boxes = self.roi_heads.regress_boxes(features, net_boxes, labels, images_t.image_sizes)
             if use_priors is not None:
                 use_priors = [remap_priors(p, o, n) if len(o) else p for p, o, n in zip(use_priors, net_boxes, new_boxes)]
             net_boxes = new_boxes
         logits = self.roi_heads.predict_masks(features, net_boxes, labels, use_priors)
-        return [
-            {"boxes": resize_boxes(b, net, orig), "labels": lbl, "mask_logits": m}
-            for b, lbl, m, net, orig in zip(net_boxes, labels, logits, images_t.image_sizes, original_sizes)
-        ]
+        for _ in range(passes - 1):
+            fed_back = [(lg[:, 0].float().sigmoid() >= 0.5).to(features["0"].dtype) for lg in logits]
+            logits = self.roi_heads.predict_masks(features, net_boxes, labels, fed_back)
+        back = [resize_boxes(b, net, orig) for b, net, orig in zip(net_boxes, images_t.image_sizes, original_sizes)]
+        return back, logits, None if use_priors is None else [p.float() for p in use_priors]
