@@ -2,16 +2,13 @@
 ``segmentation``, ``area`` and ``bbox`` of refined annotations replaced.
 
 Plain functions over a parsed document and a ``Predictor``; progress goes through a callback and
-a journal (one JSON line per finished image) makes an interrupted run resumable with exactly the
-result of an uninterrupted one.
+a journal (``journal.py``: one JSON line per finished image) makes an interrupted run resumable with
+exactly the result of an uninterrupted one.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,6 +20,7 @@ from ..geometry.masks import segmentation_to_crop
 from ..io.coco import CocoError, check_dataset, dumps, first_error, segmentation_kind_safe
 from ..io.images import ImageReadError, read_image
 from ..predictor import InstanceMask, Predictor, RefineSettings
+from .journal import Journal, fingerprint
 from .pipeline import batch_groups, run_pipeline
 
 PROMPTS = ("auto", "box", "mask")
@@ -230,62 +228,6 @@ def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: Ref
         )
         results.append({"id": ann["id"], "fields": fields, "report": asdict(report)})
     return results
-
-
-# -- journal ------------------------------------------------------------------------------------
-class Journal:
-    """Finished images, one JSON line each, beside the output; a torn last line is ignored."""
-
-    def __init__(self, output: Path, fingerprint: str):
-        self.path = output.with_name(output.name + ".journal")
-        self.fingerprint = fingerprint
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def load(self) -> dict[int, list[dict]]:
-        done: dict[int, list[dict]] = {}
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        if not lines or not lines[0]:
-            return done
-        header = json.loads(lines[0])
-        if header.get("fingerprint") != self.fingerprint:
-            raise CocoError(f"{self.path}: journal was written for another input, weights or options; "
-                            "pass --overwrite to start over")
-        for line in lines[1:]:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the line being written when the run was stopped
-            done[rec["image_id"]] = rec["results"]
-        return done
-
-    def start(self) -> None:
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
-
-    def append(self, image_id: int, results: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"image_id": image_id, "results": results}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def fingerprint(input_json: Path, weights_sha: str, options: RefineOptions, runtime: str = "") -> str:
-    """What decides a run's exact output: the input file (hashed in 1 MiB blocks, never held whole),
-    the weights, the options and the runtime (device kind, precision, batch size)."""
-    h = hashlib.sha256()
-    with open(input_json, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    h.update(weights_sha.encode())
-    h.update(json.dumps(asdict(options), sort_keys=True).encode())
-    h.update(runtime.encode())
-    return h.hexdigest()
 
 
 # -- the whole dataset ----------------------------------------------------------------------------

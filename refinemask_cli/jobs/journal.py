@@ -1,0 +1,70 @@
+"""The resume journal of ``refine``: one fsync'd JSON line per finished image beside the output, under
+a header line with the fingerprint of everything that decides the exact output."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..io.coco import CocoError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .refine import RefineOptions
+
+
+class Journal:
+    """Finished images, one JSON line each, beside the output; a torn last line is ignored."""
+
+    def __init__(self, output: Path, fingerprint: str):
+        self.path = output.with_name(output.name + ".journal")
+        self.fingerprint = fingerprint
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> dict[int, list[dict]]:
+        done: dict[int, list[dict]] = {}
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        if not lines or not lines[0]:
+            return done
+        header = json.loads(lines[0])
+        if header.get("fingerprint") != self.fingerprint:
+            raise CocoError(f"{self.path}: journal was written for another input, weights or options; "
+                            "pass --overwrite to start over")
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the run was stopped
+            done[rec["image_id"]] = rec["results"]
+        return done
+
+    def start(self) -> None:
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+
+    def append(self, image_id: int, results: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"image_id": image_id, "results": results}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def fingerprint(input_json: Path, weights_sha: str, options: RefineOptions, runtime: str = "") -> str:
+    """What decides a run's exact output: the input file (hashed in 1 MiB blocks, never held whole),
+    the weights, the options and the runtime (device kind, precision, batch size)."""
+    h = hashlib.sha256()
+    with open(input_json, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(weights_sha.encode())
+    h.update(json.dumps(asdict(options), sort_keys=True).encode())
+    h.update(runtime.encode())
+    return h.hexdigest()
