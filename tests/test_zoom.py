@@ -194,3 +194,20 @@ def test_remove_small_regions_islands_and_holes():
     tiny[1, 1] = True
     assert remove_small_regions(tiny, 100).mask[1, 1]
     assert remove_small_regions(m, 0).mask is not None and np.array_equal(remove_small_regions(m, 0).mask, m)
+
+
+def test_working_size_grows_with_large_objects(model):
+    spec = ZoomSpec(size=64, margin=0.0, max_size=128)
+    regions = zoom_regions(torch.tensor([[0.0, 0.0, 30.0, 20.0], [0.0, 0.0, 70.0, 10.0], [0.0, 0.0, 200.0, 9.0]]), spec)
+    assert spec.crop_sizes(regions) == [64, 96, 128]
+    assert ZoomSpec(64).crop_sizes(regions) == [64, 64, 64]
+    with pytest.raises(ValueError):
+        ZoomSpec(64, max_size=32)
+    img, _, _ = ellipse_scene(100, 140, seed=9)
+    x = image_tensor(img)
+    boxes = torch.tensor([[2.0, 3.0, 120.0, 95.0], [10.0, 10.0, 30.0, 25.0], [40.0, 5.0, 130.0, 60.0]])
+    with torch.no_grad():
+        mixed = model.refine([x], [boxes], [torch.zeros(3)], zoom=spec)[0]
+        each = [model.refine([x], [boxes[k : k + 1]], [torch.zeros(1)], zoom=spec)[0]["mask_logits"] for k in range(3)]
+    assert torch.allclose(mixed["boxes"], boxes)
+    assert torch.allclose(mixed["mask_logits"], torch.cat(each), atol=1e-5)  # back in input order

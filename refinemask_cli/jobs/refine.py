@@ -40,10 +40,11 @@ class RefineOptions:
     flip: bool = False
     passes: int = 1
     min_area: float = 0.0  # islands and holes smaller than this many pixels are removed / filled
+    zoom_max_size: int = 0
 
     @property
     def settings(self) -> RefineSettings:
-        return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes)
+        return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes, self.zoom_max_size)
 
     def __post_init__(self) -> None:
         self.settings  # validates mode, zoom size and passes

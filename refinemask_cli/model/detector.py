@@ -363,25 +363,41 @@ class RefineMaskRCNN(nn.Module):
         size = self.cfg.stage_sizes[-1]
         if all_boxes.shape[0] == 0:
             return boxes, [all_boxes.new_zeros((0, 1, size, size)) for _ in boxes]
+        all_boxes = all_boxes.float()
         regions = torch.cat([zoom_regions(b, zoom) for b in boxes])
-        crop_boxes = to_crop(all_boxes, regions, zoom.size)
+        sizes = zoom.crop_sizes(regions)
         all_labels = torch.cat(labels)
         all_priors = torch.cat(priors) if priors is not None else None
         owner = [i for i, n in enumerate(counts) for _ in range(n)]
-        out_boxes, out_logits = [], []
-        for start in range(0, len(owner), max(1, crop_batch)):
-            idx = list(range(start, min(start + max(1, crop_batch), len(owner))))
+        # chunks of up to crop_batch crops of one size, in input order within a size
+        order = sorted(range(len(owner)), key=lambda k: (sizes[k], k))
+        chunks, step = [], max(1, crop_batch)
+        for k in order:
+            if chunks and len(chunks[-1]) < step and sizes[chunks[-1][0]] == sizes[k]:
+                chunks[-1].append(k)
+            else:
+                chunks.append([k])
+        out_boxes: list = [None] * len(owner)
+        out_logits: list = [None] * len(owner)
+        # the image less the fill colour, once: outside the image RoIAlign reads 0, i.e. the fill
+        fills = [self._fill(img).reshape(-1, 1, 1) for img in images]
+        shifted = [img.float() - f for img, f in zip(images, fills)]
+        for idx in chunks:
+            idx = sorted(idx, key=lambda k: owner[k])
+            side = sizes[idx[0]]
+            crop_boxes = to_crop(all_boxes[idx], regions[idx], side)
             crops = []
-            for i in sorted(set(owner[k] for k in idx)):  # crop each image once per chunk
+            for i in sorted({owner[k] for k in idx}):  # each image read once per chunk
                 ks = [k for k in idx if owner[k] == i]
-                crops.extend(crop_regions(images[i], regions[ks], zoom.size, self._fill(images[i])).unbind(0))
+                crops += list((crop_regions(shifted[i], regions[ks], side) + fills[i]).unbind(0))
             b, lg = self._refine_views(
-                crops, [crop_boxes[k : k + 1] for k in idx], [all_labels[k : k + 1] for k in idx],
+                crops, [crop_boxes[j : j + 1] for j in range(len(idx))], [all_labels[k : k + 1] for k in idx],
                 [all_priors[k : k + 1] for k in idx] if all_priors is not None else None,
                 regress_boxes, flip, passes, resize=False,
             )
-            out_boxes.append(from_crop(torch.cat(b), regions[idx], zoom.size))
-            out_logits.append(torch.cat(lg))
+            back = from_crop(torch.cat(b), regions[idx], side)
+            for j, k in enumerate(idx):
+                out_boxes[k], out_logits[k] = back[j : j + 1], lg[j]
         return list(torch.cat(out_boxes).split(counts)), list(torch.cat(out_logits).split(counts))
 
     def _refine_views(self, images, boxes, labels, priors, regress_boxes, flip, passes, resize: bool):

@@ -27,6 +27,9 @@ class ZoomSpec:
     size: int = 320  # working size: side of the square crop, pixels
     margin: float = 0.3  # context on each side, as a fraction of the box's long side
     max_zoom: float = 8.0  # never enlarge more than this (boxes of a few pixels, or less than one)
+    # > size: a region larger than ``size`` pixels is not shrunk below its own resolution, up to this
+    # side (rounded up to a multiple of 32); 0 = every crop at ``size``
+    max_size: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -35,6 +38,16 @@ class ZoomSpec:
             raise ValueError(f"zoom margin must be in [0, 4], got {self.margin}")
         if not self.max_zoom >= 1.0:
             raise ValueError(f"max zoom must be >= 1, got {self.max_zoom}")
+        if self.max_size and self.max_size < self.size:
+            raise ValueError(f"zoom max size must be 0 or >= size {self.size}, got {self.max_size}")
+
+    def crop_sizes(self, regions: torch.Tensor) -> list[int]:
+        """The side of each region's crop: ``size``, or with ``max_size`` the region's own side in
+        pixels rounded up to a multiple of 32, between ``size`` and ``max_size``."""
+        if not self.max_size:
+            return [self.size] * regions.shape[0]
+        sides = torch.ceil((regions[:, 2] - regions[:, 0]) / 32) * 32
+        return [int(v) for v in sides.clamp(min=self.size, max=self.max_size).tolist()]
 
 
 def zoom_regions(boxes: torch.Tensor, spec: ZoomSpec, margin: torch.Tensor | float | None = None) -> torch.Tensor:
