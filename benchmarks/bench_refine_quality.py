@@ -5,7 +5,7 @@ held-back images, `data/splits.py`): (a) the coarse poly8 polygons themselves (t
 `coarse/poly8.json` where it has one, else each GT mask's outer contour simplified to 4 % of its
 perimeter), (b) OpenCV GrabCut from the box, then `refine` from boxes and from poly8 for every
 `--variant`. Scored by annotation id (mIoU, mBIoU) overall and per COCO size (small < 32², medium
-< 96², large), with the refine speed in objects/s.
+< 96², large), with the refine speed in objects/s and how many outputs fell back to RLE (holes).
 
     python benchmarks/bench_refine_quality.py --weights W.pt [--device auto] [--precision auto]
         [--sets coco-mval-dev coco-extra davis345 duts-tr-2k] [--limit N] [--no-grabcut] [--no-poly]
@@ -137,11 +137,12 @@ def main() -> None:
         boxes, poly8 = coarse_docs(data, gt)
         rows = []
 
-        def score(label, doc, seconds=None):
+        def score(label, doc, seconds=None, report=None):
             r = evaluate_by_id(gt, doc)
             n = r["count"]
+            rle = sum("holes->rle" in row["flags"] for row in report) if report is not None else None
             rows.append({"set": name, "method": label, "mIoU": r["mIoU"], "mBIoU": r["mBIoU"],
-                         "per_size": r["per_size"], "count": n,
+                         "per_size": r["per_size"], "count": n, "rle_fallbacks": rle,
                          "objects_per_s": (n / seconds) if seconds else None})
 
         if not args.no_poly:
@@ -156,19 +157,20 @@ def main() -> None:
             for pname, doc, prompt in prompts:
                 opts = job.RefineOptions(prompt=prompt, **fields)
                 t = time.perf_counter()
-                out, _, _ = job.refine_dataset(doc, images, predictor, opts)
-                score(f"refine from {pname} [{label}]", out, time.perf_counter() - t)
+                out, report, _ = job.refine_dataset(doc, images, predictor, opts)
+                score(f"refine from {pname} [{label}]", out, time.perf_counter() - t, report)
         counts = {s: gt_n["count"] for s, gt_n in rows[0]["per_size"].items()} if rows else {}
         print(f"\n{name} held-back fifth: {len(gt['images'])} images, {len(gt['annotations'])} objects "
               f"({', '.join(f'{s} {counts.get(s, 0)}' for s in SIZES)})")
-        print("| method | mIoU | mBIoU | small | medium | large | objects/s |")
-        print("|---|---|---|---|---|---|---|")
+        print("| method | mIoU | mBIoU | small | medium | large | objects/s | RLE (holes) |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             sizes = " | ".join(
                 f"{r['per_size'][s]['mIoU']:.3f} / {r['per_size'][s]['mBIoU']:.3f}" if s in r["per_size"] else "—"
                 for s in SIZES)
             speed = "" if r["objects_per_s"] is None else f"{r['objects_per_s']:.1f}"
-            print(f"| {r['method']} | {r['mIoU']:.3f} | {r['mBIoU']:.3f} | {sizes} | {speed} |")
+            rle = "" if r["rle_fallbacks"] is None else str(r["rle_fallbacks"])
+            print(f"| {r['method']} | {r['mIoU']:.3f} | {r['mBIoU']:.3f} | {sizes} | {speed} | {rle} |")
         sys.stdout.flush()
         results += rows
     if args.json:
