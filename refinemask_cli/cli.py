@@ -131,6 +131,8 @@ def weights_info(path: Path) -> None:
         ("mask stages", f"{list(cfg.stage_num_classes)} (class_agnostic={cfg.class_agnostic})"),
         ("coarse-mask prior", "yes" if cfg.coarse_prior else "no"),
         ("input size", f"short side {cfg.min_size}, long side <= {cfg.max_size}"),
+        ("refine mode (auto)", f"zoom: {cfg.zoom_size} px crops, margin {cfg.zoom_margin:g}" if cfg.zoom_size
+         else "whole image"),
         ("parameters", f"{n_params / 1e6:.2f} M (mask head {n_mask / 1e6:.2f} M)"),
         ("storage", ", ".join(dtypes)),
         ("sha256", ckpt["sha256"]),

@@ -89,7 +89,7 @@ class RefineSettings:
 
     mode: str = "auto"
     zoom_size: int | None = None
-    flip: bool = False
+    flip: bool = True  # measured: +0.009 mIoU from boxes on two held-back sets, at half the speed
     passes: int = 1
     zoom_max_size: int = 0  # > zoom size: large objects' crops grow up to this side (0: never)
 
