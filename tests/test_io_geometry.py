@@ -154,3 +154,32 @@ def test_chunked_json_writing_equals_one_string(doc, tmp_path):
     assert "".join(iter_dumps(doc, chunk=5)) == dumps(doc)
     write_json_atomic(doc, tmp_path / "d.json")
     assert (tmp_path / "d.json").read_text(encoding="utf-8") == dumps(doc)
+
+
+@pytest.mark.parametrize("segm, message", [
+    ([[0, 0, 1e12, 0, 1e12, 1e12, 0, 1e12]], "outside the 50x40 image"),
+    ([[0, 0, -1e15, 0, -1e15, -1e15, 0, -1e15]], "outside the 50x40 image"),
+    ({"size": [40, 50], "counts": "zzzzzzzz"}, "sum to 170, expected 2000"),
+    ({"size": [40, 50], "counts": "\u00ff\u00ff"}, "negative run lengths"),
+    ({"size": [40, 50], "counts": [10, "a"]}, "non-negative integers"),
+    ({"size": [40, 50], "counts": [10, -5, 1995]}, "non-negative integers"),
+    ({"size": [40, 50], "counts": 5}, "must be a string"),
+])
+def test_hostile_segmentations_stop_before_native_code(segm, message):
+    """Values that crashed pycocotools (segfault, memory exhaustion, reads past its buffer) are
+    refused by the one check every decoding goes through, with the reason."""
+    from refinemask_cli.geometry.masks import segmentation_problem, segmentation_to_crop
+    from refinemask_cli.io.coco import check_segmentation
+
+    assert message in segmentation_problem(segm, 40, 50)
+    assert check_segmentation(segm, 40, 50) == segmentation_problem(segm, 40, 50)
+    for decode in (segmentation_to_mask, segmentation_to_crop):
+        with pytest.raises(ValueError, match=message.split(" ")[0]):
+            decode(segm, 40, 50)
+
+
+def test_polygons_somewhat_outside_the_image_are_still_fine():
+    from refinemask_cli.geometry.masks import segmentation_problem
+
+    assert segmentation_problem([[-900, -900, 1040, 0, 50, 1030]], 40, 50) is None
+    assert segmentation_to_mask([[-900, -900, 1040, 0, 50, 1030]], 40, 50).any()

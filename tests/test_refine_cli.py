@@ -293,3 +293,19 @@ def test_min_area_removes_islands_and_says_so(weights, data, monkeypatch):
         parts = [len(p) for p in polys if isinstance(p, list)]
         assert (max(parts) == 1) == expect
     assert "islands-removed 6" in r.output
+
+
+@pytest.mark.parametrize("coord", [1e12, -1e15])
+def test_far_away_polygon_is_one_clear_line_from_validate_and_refine(weights, data, coord):
+    """A polygon at 1e12 used to kill refine with a segfault (and -1e15 exhausted memory) while
+    validate said nothing: both now name the annotation and exit 1, writing nothing."""
+    src, root = data
+    doc = json.loads(src.read_text())
+    doc["annotations"][1]["segmentation"] = [[0, 0, coord, 0, coord, coord, 0, coord]]
+    bad = root / "far.json"
+    bad.write_text(json.dumps(doc))
+    r = run("validate", bad, "--images", root)
+    assert r.exit_code == 1 and "annotation 101: polygon 0 has points more than" in r.output
+    r = run("refine", bad, "--images", root, "-o", root / "out.json", "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 1 and "annotation 101" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (root / "out.json").exists()

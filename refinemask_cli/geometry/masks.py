@@ -1,6 +1,7 @@
 """COCO segmentation (polygons, compressed or uncompressed RLE) → binary mask."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,63 @@ def segmentation_kind(segm: Any) -> str:
     raise ValueError(f"unrecognised segmentation of type {type(segm).__name__}")
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def segmentation_problem(segm: Any, height: int, width: int) -> str | None:
+    """Why a segmentation is unusable for an image of this size, or None.
+
+    Everything is checked here, in Python, before any value reaches pycocotools' native code:
+    polygon points far outside the image (more than its size, at least 1000 px: a coordinate of
+    1e12 made its rasteriser crash or exhaust memory) and RLE runs that do not add up to the image (its decoder
+    then reads past its buffer)."""
+    try:
+        kind = segmentation_kind(segm)
+    except ValueError as e:
+        return str(e)
+    if kind == "polygon":
+        for k, poly in enumerate(segm):
+            if not isinstance(poly, list) or not all(_finite(v) for v in poly):
+                return f"polygon {k} is not a list of finite numbers"
+            if len(poly) < 6 or len(poly) % 2:
+                return f"polygon {k} has {len(poly)} coordinates; needs an even count of at least 6"
+            xs, ys = poly[0::2], poly[1::2]
+            reach = max(width, height, 1000)  # bounded rasterising work, generous for real outlines
+            if min(xs) < -reach or max(xs) > width + reach or min(ys) < -reach or max(ys) > height + reach:
+                return (f"polygon {k} has points more than {reach} pixels outside the {width}x{height} image "
+                        f"(x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}); coordinates must be pixels "
+                        "of this image")
+    elif kind in ("rle", "uncompressed_rle"):
+        size = segm.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            return "RLE 'size' must be [height, width]"
+        if size != [height, width]:
+            return f"RLE size {size[0]}x{size[1]} does not match the image's {height}x{width}"
+        counts = segm["counts"]
+        if kind == "uncompressed_rle":
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+                return "uncompressed RLE counts must be non-negative integers"
+            total = sum(counts)
+        else:
+            if not isinstance(counts, (str, bytes)):
+                return f"RLE counts must be a string, got {type(counts).__name__}"
+            try:
+                runs = rle_counts(segm)
+            except (UnicodeError, ValueError):
+                return "RLE counts are not a valid compressed RLE string"
+            if (runs < 0).any():
+                return "compressed RLE decodes to negative run lengths; the counts string is corrupt"
+            total = int(runs.sum())
+        if total != height * width:
+            return f"RLE counts sum to {total}, expected {height * width} (height x width); the mask is corrupt"
+    return None
+
+
 def segmentation_to_rle(segm: Any, height: int, width: int) -> dict:
+    problem = segmentation_problem(segm, height, width)
+    if problem:
+        raise ValueError(problem)
     kind = segmentation_kind(segm)
     if kind == "polygon":
         polys = [list(map(float, p)) for p in segm]

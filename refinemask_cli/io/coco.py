@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..geometry.masks import segmentation_kind
+from ..geometry.masks import segmentation_kind, segmentation_problem
 
 
 class CocoError(ValueError):
@@ -87,26 +87,9 @@ def _check_ids(items: list, kind: str, problems: list[Problem]) -> dict:
 
 
 def check_segmentation(segm: Any, height: int, width: int) -> str | None:
-    """Why a segmentation is unusable for an image of this size, or None."""
-    try:
-        kind = segmentation_kind(segm)
-    except ValueError as e:
-        return str(e)
-    if kind == "polygon":
-        for k, poly in enumerate(segm):
-            if not isinstance(poly, list) or not all(_finite_number(v) for v in poly):
-                return f"polygon {k} is not a list of finite numbers"
-            if len(poly) < 6 or len(poly) % 2:
-                return f"polygon {k} has {len(poly)} coordinates; needs an even count of at least 6"
-    elif kind in ("rle", "uncompressed_rle"):
-        size = segm.get("size")
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-            return "RLE 'size' must be [height, width]"
-        if size != [height, width]:
-            return f"RLE size {size[0]}x{size[1]} does not match the image's {height}x{width}"
-        if kind == "uncompressed_rle" and sum(segm["counts"]) != height * width:
-            return f"uncompressed RLE counts sum to {sum(segm['counts'])}, expected {height * width}"
-    return None
+    """Why a segmentation is unusable for an image of this size, or None (``segmentation_problem``:
+    the same check guards every decoding)."""
+    return segmentation_problem(segm, height, width)
 
 
 def check_bbox(bbox: Any, height: int, width: int) -> tuple[str, str] | None:
