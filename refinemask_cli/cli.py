@@ -16,7 +16,7 @@ from . import __version__
 from .console import console, error, kv_table, summary_table, warn
 from .weights import WeightsError
 
-EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError)
+EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError, RuntimeError)
 
 weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                               help="Checkpoint to use (default: the shipped default weights).")
@@ -218,65 +218,67 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     from .console import progress
     from .io.coco import read_coco, write_json_atomic, write_text_atomic
     from .jobs import refine as job
+    from .io.lock import output_lock
     from .jobs.vis import write_overlay
 
-    refuse_overwrite(output, overwrite)
-    if report:
-        refuse_overwrite(report, overwrite)
-    options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes,
-                                **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
-                                                     flip=flip, passes=passes, min_area=min_area))
-    if not images_dir.is_dir():
-        raise UserError(f"{images_dir}: images folder not found")
-    doc = read_coco(input_json)
-    predictor, ckpt = make_predictor(weights, device, precision, batch_size)
-    journal = job.Journal(output, job.fingerprint(input_json, ckpt["sha256"], options, predictor.runtime))
-    if journal.exists() and not resume:
-        if not overwrite:
-            raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
-                            "or --overwrite to start over")
+    with output_lock(output):  # one run per output: a second one stops at once
+        refuse_overwrite(output, overwrite)
+        if report:
+            refuse_overwrite(report, overwrite)
+        options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes,
+                                    **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
+                                                         flip=flip, passes=passes, min_area=min_area))
+        if not images_dir.is_dir():
+            raise UserError(f"{images_dir}: images folder not found")
+        doc = read_coco(input_json)
+        predictor, ckpt = make_predictor(weights, device, precision, batch_size)
+        journal = job.Journal(output, job.fingerprint(input_json, ckpt["sha256"], options, predictor.runtime))
+        if journal.exists() and not resume:
+            if not overwrite:
+                raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
+                                "or --overwrite to start over")
+            journal.remove()
+        n_images = len({a.get("image_id") for a in doc["annotations"] if not a.get("iscrowd", 0)})
+        state = {"instances": 0, "t0": time.perf_counter()}
+
+        ann_by_id = {a["id"]: a for a in doc["annotations"]} if vis_dir is not None else {}
+
+        def on_result(info, image, results):
+            if vis_dir is not None:
+                before = [ann_by_id[r["id"]] for r in results]
+                after = [{**a, **(r["fields"] or {})} for a, r in zip(before, results)]
+                write_overlay(vis_dir / f"{Path(info['file_name']).stem}_{info['id']}.png", image, before, after)
+
+        with progress(n_images) as bar:
+            task = bar.add_task("refine", total=n_images, instances=0, rate=0.0)
+
+            def on_image(n, k):
+                state["instances"] += k
+                rate = state["instances"] / max(time.perf_counter() - state["t0"], 1e-9)
+                bar.update(task, advance=n, instances=state["instances"], rate=rate)
+
+            out, rows, stats = job.refine_dataset(doc, images_dir, predictor, options, journal, resume, on_image,
+                                                  on_result)
+        write_json_atomic(out, output, overwrite=True)
+        if report:
+            write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
         journal.remove()
-    n_images = len({a.get("image_id") for a in doc["annotations"] if not a.get("iscrowd", 0)})
-    state = {"instances": 0, "t0": time.perf_counter()}
-
-    ann_by_id = {a["id"]: a for a in doc["annotations"]} if vis_dir is not None else {}
-
-    def on_result(info, image, results):
-        if vis_dir is not None:
-            before = [ann_by_id[r["id"]] for r in results]
-            after = [{**a, **(r["fields"] or {})} for a, r in zip(before, results)]
-            write_overlay(vis_dir / f"{Path(info['file_name']).stem}_{info['id']}.png", image, before, after)
-
-    with progress(n_images) as bar:
-        task = bar.add_task("refine", total=n_images, instances=0, rate=0.0)
-
-        def on_image(n, k):
-            state["instances"] += k
-            rate = state["instances"] / max(time.perf_counter() - state["t0"], 1e-9)
-            bar.update(task, advance=n, instances=state["instances"], rate=rate)
-
-        out, rows, stats = job.refine_dataset(doc, images_dir, predictor, options, journal, resume, on_image,
-                                              on_result)
-    write_json_atomic(out, output, overwrite=True)
-    if report:
-        write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
-    journal.remove()
-    elapsed = time.perf_counter() - state["t0"]
-    ious = [r["iou_input_output"] for r in rows]
-    table_rows = [
-        ("images", str(stats.images) + (f" ({stats.resumed_images} from the journal)" if stats.resumed_images else "")),
-        ("annotations refined", str(stats.annotations - stats.kept_input)),
-        ("kept as input (flagged)", str(stats.kept_input)),
-        ("crowd (passed through)", str(stats.crowd_skipped)),
-        ("prompts", ", ".join(f"{k} {v}" for k, v in sorted(stats.by_prompt.items())) or "-"),
-        ("mean IoU(input, output)", f"{np.mean(ious):.3f}" if ious else "-"),
-        ("flags", ", ".join(f"{k} {v}" for k, v in sorted(stats.flags.items())) or "none"),
-        ("time", f"{elapsed:.1f} s ({stats.annotations / max(elapsed, 1e-9):.1f} instances/s)"),
-        ("output", str(output)),
-    ]
-    console.print(summary_table("refinemask refine", table_rows))
-    if not rows:
-        warn(f"{input_json}: no non-crowd annotations to refine; the output equals the input")
+        elapsed = time.perf_counter() - state["t0"]
+        ious = [r["iou_input_output"] for r in rows]
+        table_rows = [
+            ("images", str(stats.images) + (f" ({stats.resumed_images} from the journal)" if stats.resumed_images else "")),
+            ("annotations refined", str(stats.annotations - stats.kept_input)),
+            ("kept as input (flagged)", str(stats.kept_input)),
+            ("crowd (passed through)", str(stats.crowd_skipped)),
+            ("prompts", ", ".join(f"{k} {v}" for k, v in sorted(stats.by_prompt.items())) or "-"),
+            ("mean IoU(input, output)", f"{np.mean(ious):.3f}" if ious else "-"),
+            ("flags", ", ".join(f"{k} {v}" for k, v in sorted(stats.flags.items())) or "none"),
+            ("time", f"{elapsed:.1f} s ({stats.annotations / max(elapsed, 1e-9):.1f} instances/s)"),
+            ("output", str(output)),
+        ]
+        console.print(summary_table("refinemask refine", table_rows))
+        if not rows:
+            warn(f"{input_json}: no non-crowd annotations to refine; the output equals the input")
 
 
 def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: bool):
