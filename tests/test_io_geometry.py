@@ -161,6 +161,7 @@ def test_chunked_json_writing_equals_one_string(doc, tmp_path):
     ([[0, 0, -1e15, 0, -1e15, -1e15, 0, -1e15]], "outside the 50x40 image"),
     ({"size": [40, 50], "counts": "zzzzzzzz"}, "sum to 170, expected 2000"),
     ({"size": [40, 50], "counts": "\u00ff\u00ff"}, "negative run lengths"),
+    ({"size": [40, 50], "counts": "P"}, "not a valid compressed RLE"),  # found by the fuzzer: truncated
     ({"size": [40, 50], "counts": [10, "a"]}, "non-negative integers"),
     ({"size": [40, 50], "counts": [10, -5, 1995]}, "non-negative integers"),
     ({"size": [40, 50], "counts": 5}, "must be a string"),

@@ -113,6 +113,8 @@ def rle_counts(rle: dict) -> np.ndarray:
     while pos < n:
         value, shift, more = 0, 0, True
         while more:
+            if pos >= n:
+                raise ValueError("compressed RLE counts end in the middle of a number; the string is truncated")
             group = data[pos] - 48
             value |= (group & 0x1F) << shift
             more = bool(group & 0x20)
