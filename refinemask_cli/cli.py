@@ -16,7 +16,7 @@ from . import __version__
 from .console import console, error, kv_table, summary_table, warn
 from .weights import WeightsError
 
-EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError, RuntimeError)
+EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError)
 
 weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                               help="Checkpoint to use (default: the shipped default weights).")
@@ -409,6 +409,19 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
 
     doc = read_coco(input_json)
     problems = check_dataset(doc, images_dir)
+    if images_dir is not None:  # what refine would meet reading them: unreadable files, wrong sizes
+        from .io.coco import CocoError, Problem
+        from .jobs.refine import load_checked_image
+
+        bad_images = {p.where for p in problems if p.level == "error" and p.where.startswith("image ")}
+        for info in doc["images"]:
+            if not isinstance(info, dict) or f"image {info.get('id')}" in bad_images:
+                continue
+            try:
+                load_checked_image(images_dir, info)
+            except CocoError as e:
+                where, _, message = str(e).partition(": ")
+                problems.append(Problem("error", where, message))
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         style = "red" if p.level == "error" else "yellow"

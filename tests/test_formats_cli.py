@@ -189,3 +189,16 @@ def test_voc_photo_refine_validate_export(weights, tmp_path):
     assert [a["id"] for a in refined["annotations"]] == list(range(1, 20))
     assert run("validate", out).exit_code == 0
     assert run("export", out, "--to", "yolo-seg", "-o", tmp_path / "yolo").exit_code == 0
+
+
+def test_validate_reads_the_images_refine_would_reject(tmp_path):
+    """Same checks as refine: an image whose size disagrees with the JSON, and an unreadable one."""
+    src = make_dataset(tmp_path, n_images=2)
+    doc = json.loads(src.read_text())
+    doc["images"][0]["width"] = 81
+    (tmp_path / "img_1.png").write_bytes(b"not an image")
+    src.write_text(json.dumps(doc))
+    r = run("validate", src, "--images", tmp_path)
+    assert r.exit_code == 1
+    assert "image 10 (img_0.png): file is 80x64 but the JSON says 81x64" in r.output
+    assert "image 11:" in r.output and "error: 1" not in r.output

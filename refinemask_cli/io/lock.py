@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(OSError):
     """Another run is writing the same output."""
 
 
