@@ -4,9 +4,10 @@ whole run. Not collected on its own (the name does not start with ``test_``).
 
 Documents are valid, nearly valid and hostile: wrong types, NaN/inf, huge and negative numbers,
 empty and giant lists, wrong RLE sizes, corrupt RLE strings, unicode and ``..`` in file names,
-duplicate ids. The property: ``check_dataset`` never raises; where it finds no error, every
-segmentation decodes to a mask inside its image and refine's own validation agrees; where it finds
-one, refine's validation refuses with one line naming it.
+duplicate ids. The properties: ``check_dataset`` never raises; where it finds no error, every
+segmentation decodes to a mask inside its image, refine's own validation agrees and every exporter
+keeps the ids; where it finds one, refine's validation refuses with one line naming it; the weights
+loader refuses garbage files with a reason.
 
     FUZZ_EXAMPLES=20000 python -m pytest tests/fuzz_documents.py -q -p no:cacheprovider
 """
@@ -98,6 +99,27 @@ def test_documents_are_checked_or_refused(doc):
             assert "\n" not in str(e) and str(error) in str(e)
         else:
             raise AssertionError(f"refine accepted a document validate rejects: {error}")
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(documents())
+def test_export_of_a_checked_document_never_crashes(doc):
+    """Every exporter on documents the checks pass: the same ids out, or one clear error."""
+    from refinemask_cli.jobs import formats
+
+    if first_error(check_dataset(doc)) is not None:
+        return
+    try:
+        results, _ = formats.to_coco_results(doc)
+        polys, _ = formats.to_polygon_coco(doc)
+        labels, names, _ = formats.to_yolo_seg(doc)
+        pages, _ = formats.to_labelme(doc, {im["id"]: "x.png" for im in doc["images"]})
+    except (CocoError, ValueError) as e:
+        assert "\n" not in str(e)
+        return
+    assert [a["id"] for a in polys["annotations"]] == [a["id"] for a in doc["annotations"]]
+    assert set(labels) <= {im["id"] for im in doc["images"]} and set(pages) <= {im["id"] for im in doc["images"]}
+    assert len(results) <= len(doc["annotations"])
 
 
 @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
