@@ -192,7 +192,9 @@ def test_resume_after_interruption_gives_identical_output(weights, tmp_path, bat
     one did. Stopping inside a batch redoes that whole batch; stopping after it reuses it."""
     src = make_dataset(tmp_path, n_images=4)
     full = tmp_path / "full.json"
-    size = ["--batch-size", batch]
+    # the journal below is written by a CPU predictor: the CLI runs must be on CPU too (on a GPU
+    # machine --device auto picks CUDA, another runtime fingerprint)
+    size = ["--batch-size", batch, "--device", "cpu"]
     assert run("refine", src, "--images", tmp_path, "-o", full, "--weights", weights, *size).exit_code == 0
     out = tmp_path / "resumed.json"
     model, ckpt = load_model(weights)
