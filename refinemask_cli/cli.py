@@ -217,8 +217,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
 
     from .console import progress
     from .io.coco import read_coco, write_json_atomic, write_text_atomic
-    from .jobs import refine as job
     from .io.lock import output_lock
+    from .jobs import refine as job
     from .jobs.vis import write_overlay
 
     with output_lock(output):  # one run per output: a second one stops at once

@@ -19,7 +19,8 @@ def segmentation_kind(segm: Any) -> str:
     raise ValueError(f"unrecognised segmentation of type {type(segm).__name__}")
 
 
-def _finite(v: Any) -> bool:
+def finite_number(v: Any) -> bool:
+    """A real int or float (not a bool), neither NaN nor infinite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -36,7 +37,7 @@ def segmentation_problem(segm: Any, height: int, width: int) -> str | None:
         return str(e)
     if kind == "polygon":
         for k, poly in enumerate(segm):
-            if not isinstance(poly, list) or not all(_finite(v) for v in poly):
+            if not isinstance(poly, list) or not all(finite_number(v) for v in poly):
                 return f"polygon {k} is not a list of finite numbers"
             if len(poly) < 6 or len(poly) % 2:
                 return f"polygon {k} has {len(poly)} coordinates; needs an even count of at least 6"
@@ -76,21 +77,15 @@ def segmentation_to_rle(segm: Any, height: int, width: int) -> dict:
     problem = segmentation_problem(segm, height, width)
     if problem:
         raise ValueError(problem)
-    kind = segmentation_kind(segm)
+    kind = segmentation_kind(segm)  # shapes, sizes and runs were checked just above
     if kind == "polygon":
         polys = [list(map(float, p)) for p in segm]
-        for p in polys:
-            if len(p) < 6 or len(p) % 2:
-                raise ValueError(f"polygon with {len(p)} coordinates; each needs an even count >= 6")
         return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    if kind in ("rle", "uncompressed_rle"):
-        h, w = (int(v) for v in segm["size"])
-        if (h, w) != (height, width):
-            raise ValueError(f"RLE size {h}x{w} does not match the image's {height}x{width}")
-        if kind == "uncompressed_rle":
-            return mask_utils.frPyObjects(segm, h, w)
+    if kind == "uncompressed_rle":
+        return mask_utils.frPyObjects(segm, height, width)
+    if kind == "rle":
         counts = segm["counts"]
-        return {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
+        return {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
     raise ValueError("annotation has no segmentation")
 
 

@@ -7,14 +7,13 @@ matter. Errors are what would make pycocotools, training or refinement fail or s
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..geometry.masks import segmentation_kind, segmentation_problem
+from ..geometry.masks import finite_number, segmentation_kind, segmentation_problem
 
 
 class CocoError(ValueError):
@@ -66,9 +65,6 @@ def read_coco(path: str | Path) -> dict:
     return doc
 
 
-def _finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 
 def _check_ids(items: list, kind: str, problems: list[Problem]) -> dict:
     by_id: dict = {}
@@ -94,7 +90,7 @@ def check_segmentation(segm: Any, height: int, width: int) -> str | None:
 
 def check_bbox(bbox: Any, height: int, width: int) -> tuple[str, str] | None:
     """(level, reason) for a bad COCO ``[x, y, w, h]`` box, or None."""
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
         return "error", f"bbox {bbox!r} must be 4 finite numbers [x, y, width, height]"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:

@@ -37,12 +37,12 @@ class RefineOptions:
     # how the network runs (see predictor.RefineSettings) and the clean-up after it; the defaults
     # are the measured best (README, "Measured"): zoom for zoom-trained weights, flip averaging on,
     # one pass, islands/holes under 64 pixels removed (halves the outputs that fall back to RLE)
-    mode: str = "auto"
-    zoom_size: int | None = None
-    flip: bool = True
-    passes: int = 1
+    mode: str = RefineSettings.mode
+    zoom_size: int | None = RefineSettings.zoom_size
+    flip: bool = RefineSettings.flip
+    passes: int = RefineSettings.passes
     min_area: float = 64.0
-    zoom_max_size: int = 0
+    zoom_max_size: int = RefineSettings.zoom_max_size
 
     @property
     def settings(self) -> RefineSettings:

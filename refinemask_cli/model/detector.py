@@ -363,7 +363,6 @@ class RefineMaskRCNN(nn.Module):
         size = self.cfg.stage_sizes[-1]
         if all_boxes.shape[0] == 0:
             return boxes, [all_boxes.new_zeros((0, 1, size, size)) for _ in boxes]
-        all_boxes = all_boxes.float()
         regions = torch.cat([zoom_regions(b, zoom) for b in boxes])
         sizes = zoom.crop_sizes(regions)
         all_labels = torch.cat(labels)
@@ -382,8 +381,7 @@ class RefineMaskRCNN(nn.Module):
         # the image less the fill colour, once: outside the image RoIAlign reads 0, i.e. the fill
         fills = [self._fill(img).reshape(-1, 1, 1) for img in images]
         shifted = [img.float() - f for img, f in zip(images, fills)]
-        for idx in chunks:
-            idx = sorted(idx, key=lambda k: owner[k])
+        for idx in chunks:  # within a chunk, indices (and so owners) ascend
             side = sizes[idx[0]]
             crop_boxes = to_crop(all_boxes[idx], regions[idx], side)
             crops = []
