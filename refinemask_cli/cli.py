@@ -219,7 +219,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     from .io.coco import read_coco, write_json_atomic, write_text_atomic
     from .io.lock import output_lock
     from .jobs import refine as job
-    from .jobs.vis import write_overlay
+    from .jobs.vis import check_overlay_paths, overlay_path, write_overlay
 
     with output_lock(output):  # one run per output: a second one stops at once
         refuse_overwrite(output, overwrite)
@@ -231,6 +231,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         if not images_dir.is_dir():
             raise UserError(f"{images_dir}: images folder not found")
         doc = read_coco(input_json)
+        if vis_dir is not None:
+            check_overlay_paths(doc)
         predictor, ckpt = make_predictor(weights, device, precision, batch_size)
         journal = job.Journal(output, job.fingerprint(input_json, ckpt["sha256"], options, predictor.runtime))
         if journal.exists() and not resume:
@@ -247,7 +249,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
             if vis_dir is not None:
                 before = [ann_by_id[r["id"]] for r in results]
                 after = [{**a, **(r["fields"] or {})} for a, r in zip(before, results)]
-                write_overlay(vis_dir / f"{Path(info['file_name']).stem}_{info['id']}.png", image, before, after)
+                write_overlay(overlay_path(vis_dir, info), image, before, after)
 
         with progress(n_images) as bar:
             task = bar.add_task("refine", total=n_images, instances=0, rate=0.0)
@@ -299,7 +301,15 @@ def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: 
               help="COCO JSON file (coco, coco-results) or a folder (labelme).")
 @click.option("--format", "fmt", type=click.Choice(["coco", "coco-results", "labelme"]), default="coco",
               show_default=True, help="coco: a full dataset; coco-results: a results list; labelme: one JSON per image.")
-@click.option("--score-threshold", type=float, default=0.5, show_default=True)
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Keep detections scoring at least this (default: the weights' own, chosen on held-back data; else 0.5).")
+@click.option("--max-detections", type=click.IntRange(min=1), default=None,
+              help="At most this many detections per image, best first (default: the weights' own; else 100).")
+@click.option("--like", "like_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A COCO dataset of these images: predict its images with its image ids, file names and "
+                   "categories, so the results load against it.")
+@click.option("--category", default=None,
+              help="With --like and one-class weights: the dataset category (name or id) detections are written as.")
 @click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True)
 @click.option("--simplify", type=float, default=0.0, show_default=True, help="Polygon simplification in pixels.")
 @weights_option
@@ -310,36 +320,60 @@ def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: 
               help="Write overlay PNGs of the predicted outlines here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @handle_errors
-def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, output_format: str, simplify: float,
+def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | None, max_detections: int | None,
+            like_json: Path | None, category: str | None, output_format: str, simplify: float,
             weights: Path | None, device: str, precision: str, batch_size: int | None, vis_dir: Path | None,
             overwrite: bool) -> None:
     """Detect and segment every image in IMAGES_DIR; write COCO, COCO results or LabelMe."""
     import time
 
     from .console import progress
-    from .io.coco import write_json_atomic
+    from .io.coco import check_dataset, first_error, read_coco, write_json_atomic
     from .jobs import formats
-    from .jobs.predict import list_images, predict_folder
-    from .jobs.vis import write_overlay
+    from .jobs import predict as job
+    from .jobs.vis import overlay_path, write_overlay
+    from .predictor import PredictSettings
+    from .weights.checkpoint import detector_trained, resolve_weights
 
     refuse_overwrite(output, overwrite)
-    files = list_images(images_dir)
-    predictor, _ = make_predictor(weights, device, precision, batch_size)
+    if category is not None and like_json is None:
+        raise click.UsageError("--category goes with --like")
+    like = None
+    if like_json is not None:
+        like = read_coco(like_json)
+        problem = first_error(check_dataset(like))
+        if problem:
+            raise UserError(f"{like_json}: {problem} (run `refinemask validate` for the full list)")
+        entries = job.like_entries(like, images_dir)
+    else:
+        entries = job.folder_entries(images_dir)
+    predictor, ckpt = make_predictor(weights, device, precision, batch_size)
+    meta = ckpt.get("meta", {})
+    if detector_trained(meta) is False:
+        warn(f"{resolve_weights(weights)}: these weights' detector (RPN and box head) was never trained, so the "
+             "boxes are noise; use weights with a trained detector (`refinemask train --mode detector`)")
+    settings = PredictSettings.for_weights(meta, score_threshold=score_threshold, max_detections=max_detections)
+    if like is not None:
+        categories, category_ids = job.like_categories(predictor, like, category)
+    else:
+        categories = job.model_categories(predictor)
+        category_ids = [c["id"] for c in categories]
     t0 = time.perf_counter()
     count = {"n": 0}
 
     def on_result(info, image, anns):
         if vis_dir is not None:
-            write_overlay(vis_dir / f"{Path(info['file_name']).stem}.png", image, [], anns)
+            write_overlay(overlay_path(vis_dir, info), image, [], anns)
 
-    with progress(len(files)) as bar:
-        task = bar.add_task("predict", total=len(files), instances=0, rate=0.0)
+    with progress(len(entries)) as bar:
+        task = bar.add_task("predict", total=len(entries), instances=0, rate=0.0)
 
         def on_image(n, k):
             count["n"] += k
             bar.update(task, advance=n, instances=count["n"], rate=count["n"] / max(time.perf_counter() - t0, 1e-9))
 
-        doc = predict_folder(images_dir, predictor, score_threshold, output_format, simplify, on_image, on_result)
+        doc = job.predict_entries(entries, predictor, settings, categories, category_ids, output_format, simplify,
+                                  on_image, on_result)
     losses = None
     if fmt == "coco":
         write_json_atomic(doc, output, overwrite=True)
@@ -351,9 +385,12 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float, ou
     for line in (losses.lines(fmt) if losses else []):
         warn(line)
     elapsed = time.perf_counter() - t0
+    source = "given" if score_threshold is not None else (
+        "the weights' default" if "predict_score_threshold" in meta else "default")
     console.print(summary_table("refinemask predict", [
-        ("images", str(len(doc["images"]))),
+        ("images", str(len(doc["images"])) + (f" (ids from {like_json})" if like_json else "")),
         ("instances", str(len(doc["annotations"]))),
+        ("kept", f"score >= {settings.score_threshold:g} ({source}), at most {settings.max_detections} per image"),
         ("time", f"{elapsed:.1f} s ({len(doc['images']) / max(elapsed, 1e-9):.2f} images/s)"),
         ("output", f"{output} ({fmt})"),
     ]))
@@ -440,8 +477,11 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
 @click.option("--by-id", is_flag=True, help="Match PRED to GT by annotation id (automatic when every GT id is in PRED).")
 @click.option("--ignore", "ignore_key", default=None,
               help="GT annotation key holding a segmentation of uncertain pixels to leave out (by-id only).")
+@click.option("--class-agnostic", is_flag=True,
+              help="Detections: count every category as one (for one-class weights against a labelled dataset).")
 @handle_errors
-def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_key: str | None) -> None:
+def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_key: str | None,
+             class_agnostic: bool) -> None:
     """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy."""
     import json
 
@@ -467,7 +507,7 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
         res = {"mode": "by-id", **res}
     else:
         results = pred if isinstance(pred, list) else [{**a, "score": a.get("score", 1.0)} for a in pred["annotations"]]
-        res = {"mode": "detections", **evaluate_detections(gt, results)}
+        res = {"mode": "detections", **evaluate_detections(gt, results, class_agnostic)}
     if as_json:
         click.echo(json.dumps(res, indent=None, sort_keys=False))
         return
@@ -482,7 +522,7 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
         cat = [(f"{k} ({v['count']})", f"mIoU {v['mIoU']:.3f}  mBIoU {v['mBIoU']:.3f}") for k, v in res["per_category"].items()]
         console.print(summary_table("per category", cat))
     else:
-        console.print(summary_table("detection quality", [
+        console.print(summary_table("detection quality" + (" (class-agnostic)" if class_agnostic else ""), [
             ("mask AP / AP50 / AP75", f"{res['segm_AP']:.4f} / {res['segm_AP50']:.4f} / {res['segm_AP75']:.4f}"),
             ("Boundary AP / AP50 / AP75", f"{res['boundary_AP']:.4f} / {res['boundary_AP50']:.4f} / {res['boundary_AP75']:.4f}"),
             ("detections", str(res["detections"]))]))
@@ -501,8 +541,9 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
 @click.option("--iters", type=int, default=None, help="Training iterations.")
 @click.option("--batch-size", type=int, default=None, help="Images per iteration per process.")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: 0.02 x total batch / 16).")
-@click.option("--mode", type=click.Choice(["full", "mask"]), default=None,
-              help="full: detector and masks; mask: only the mask branch, from the given boxes.")
+@click.option("--mode", type=click.Choice(["full", "mask", "detector"]), default=None,
+              help="full: detector and masks; mask: only the mask branch, from the given boxes; "
+                   "detector: only the RPN and box head (the masks stay exactly as they were).")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (CUDA only).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/train"),
               show_default=True, help="Run folder: config, metrics.jsonl, checkpoints, loss plot.")

@@ -104,6 +104,33 @@ class RefineSettings:
             raise ValueError(f"passes must be 1 to 4, got {self.passes}")
 
 
+@dataclass(frozen=True)
+class PredictSettings:
+    """What ``predict`` keeps: detections scoring at least ``score_threshold``, at most
+    ``max_detections`` per image (best first). Weights may carry their own defaults, chosen on held-back
+    data (``meta.predict_score_threshold`` / ``meta.predict_max_detections``)."""
+
+    score_threshold: float = 0.5
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score threshold must be in [0, 1], got {self.score_threshold}")
+        if self.max_detections < 1:
+            raise ValueError(f"max detections must be >= 1, got {self.max_detections}")
+
+    @classmethod
+    def for_weights(cls, meta: dict, **overrides) -> "PredictSettings":
+        """The weights' own defaults (where they have them), then the non-None ``overrides``."""
+        values = {}
+        if isinstance(meta.get("predict_score_threshold"), (int, float)):
+            values["score_threshold"] = float(meta["predict_score_threshold"])
+        if isinstance(meta.get("predict_max_detections"), int):
+            values["max_detections"] = meta["predict_max_detections"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: fp16 autocast on CUDA, fp32 on CPU. ``bf16`` on CPU pays off where the CPU has
     bfloat16 instructions (AVX512-BF16, AMX): about 2x faster convolutions, masks within a pixel."""
@@ -234,17 +261,24 @@ class Predictor:
         )
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[np.ndarray], score_threshold: float = 0.0) -> list[Detections]:
+    def predict(self, images: Sequence[np.ndarray], score_threshold: float = 0.0,
+                max_detections: int | None = None) -> list[Detections]:
+        """Detections per image scoring at least ``score_threshold``, the best ``max_detections``
+        (default: the model's ``detections_per_img``), best first."""
         for i, img in enumerate(images):
             check_image(img, i)
+        heads = self.model.roi_heads
+        if max_detections is not None and max_detections > heads.detections_per_img:
+            heads.detections_per_img = max_detections  # the copy is ours; the model keeps its setting
         results = []
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
             with self._autocast():
                 outs = self.model([self._to_tensor(img) for img in batch])
             for img, out in zip(batch, outs):
-                keep = out["scores"] >= score_threshold
-                out = {k: v[keep] for k, v in out.items()}
+                order = torch.argsort(out["scores"], descending=True, stable=True)
+                order = order[out["scores"][order] >= score_threshold][:max_detections]
+                out = {k: v[order] for k, v in out.items()}
                 results.append(self._detections(out, img.shape[:2]))
         return results
 

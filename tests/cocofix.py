@@ -12,7 +12,7 @@ from refinemask_cli.weights import save_checkpoint
 from .helpers import ellipse_scene, tiny_config
 
 
-def tiny_weights(path: Path, train_steps: int = 30, **kw) -> Path:
+def tiny_weights(path: Path, train_steps: int = 30, meta: dict | None = None, **kw) -> Path:
     """A tiny class-agnostic checkpoint, briefly trained on ellipse scenes so its masks are not empty."""
     import torch
 
@@ -31,7 +31,7 @@ def tiny_weights(path: Path, train_steps: int = 30, **kw) -> Path:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    save_checkpoint(model.eval(), path)
+    save_checkpoint(model.eval(), path, meta)
     return path
 
 

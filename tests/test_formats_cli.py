@@ -202,3 +202,91 @@ def test_validate_reads_the_images_refine_would_reject(tmp_path):
     assert r.exit_code == 1
     assert "image 10 (img_0.png): file is 80x64 but the JSON says 81x64" in r.output
     assert "image 11:" in r.output and "error: 1" not in r.output
+
+
+def test_predict_warns_when_the_detector_was_never_trained(tmp_path):
+    w = tiny_weights(tmp_path / "m.pt", train_steps=2, meta={"train_mode": "mask"}, box_score_thresh=0.0)
+    make_dataset(tmp_path, n_images=1)
+    r = run("predict", tmp_path, "-o", tmp_path / "p.json", "--weights", w)
+    assert r.exit_code == 0, r.output
+    assert "never trained" in r.output and "--mode detector" in r.output
+    w2 = tiny_weights(tmp_path / "t.pt", train_steps=2, meta={"detector": "trained"}, box_score_thresh=0.0)
+    r = run("predict", tmp_path, "-o", tmp_path / "p2.json", "--weights", w2)
+    assert r.exit_code == 0 and "never trained" not in r.output
+
+
+def test_predict_keeps_the_weights_threshold_and_max_detections(tmp_path):
+    w = tiny_weights(tmp_path / "m.pt", train_steps=2, box_score_thresh=0.0,
+                     meta={"predict_score_threshold": 0.0, "predict_max_detections": 3})
+    make_dataset(tmp_path, n_images=2)
+    r = run("predict", tmp_path, "-o", tmp_path / "p.json", "--weights", w)
+    assert r.exit_code == 0, r.output
+    assert "score >= 0 (the weights' default), at most 3 per image" in " ".join(r.output.split())
+    doc = json.loads((tmp_path / "p.json").read_text())
+    per_image = [sum(a["image_id"] == im["id"] for a in doc["annotations"]) for im in doc["images"]]
+    assert max(per_image) == 3  # the untrained tiny detector finds many; three are kept
+    scores = [a["score"] for a in doc["annotations"] if a["image_id"] == doc["images"][0]["id"]]
+    assert scores == sorted(scores, reverse=True)
+    r = run("predict", tmp_path, "-o", tmp_path / "q.json", "--weights", w, "--max-detections", "1",
+            "--score-threshold", "0.0")
+    assert r.exit_code == 0 and "(given)" in r.output
+    doc = json.loads((tmp_path / "q.json").read_text())
+    assert len(doc["annotations"]) == 2
+
+
+def test_predict_like_uses_the_datasets_ids_names_and_categories(weights, tmp_path):
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    src = make_dataset(imgs, n_images=2)
+    like = json.loads(src.read_text())
+    (imgs / "img_1.png").rename(imgs / "sub" / "img_1.png")
+    like["images"][1]["file_name"] = "sub/img_1.png"
+    like["categories"] = [{"id": 7, "name": "thing"}]
+    like["annotations"] = [a for a in like["annotations"] if not a.get("iscrowd")]
+    for a in like["annotations"]:
+        a["category_id"] = 7
+    (tmp_path / "like.json").write_text(json.dumps(like))
+    out = tmp_path / "p.json"
+    r = run("predict", imgs, "-o", out, "--weights", weights, "--like", tmp_path / "like.json",
+            "--score-threshold", "0", "--format", "coco-results", "--vis-dir", tmp_path / "vis")
+    assert r.exit_code == 0, r.output
+    results = json.loads(out.read_text())
+    assert results and {d["image_id"] for d in results} == {10, 11}
+    assert {d["category_id"] for d in results} == {7}
+    gt = COCO(str(tmp_path / "like.json"))
+    gt.loadRes(str(out))  # loads against the user's dataset
+    assert (tmp_path / "vis" / "sub" / "img_1_11.png").is_file()
+    # several categories and one-class weights: the fix is named, then --category picks one
+    like["categories"].append({"id": 8, "name": "other"})
+    (tmp_path / "like2.json").write_text(json.dumps(like))
+    r = run("predict", imgs, "-o", tmp_path / "q.json", "--weights", weights, "--like", tmp_path / "like2.json")
+    assert r.exit_code == 1 and "--category" in r.output and not (tmp_path / "q.json").exists()
+    r = run("predict", imgs, "-o", tmp_path / "q.json", "--weights", weights, "--like", tmp_path / "like2.json",
+            "--category", "other", "--score-threshold", "0")
+    assert r.exit_code == 0, r.output
+    assert {a["category_id"] for a in json.loads((tmp_path / "q.json").read_text())["annotations"]} == {8}
+    r = run("predict", imgs, "-o", tmp_path / "q2.json", "--weights", weights, "--like", tmp_path / "like2.json",
+            "--category", "nope")
+    assert r.exit_code == 1 and "nope" in r.output
+
+
+@pytest.mark.parametrize("name", ["../escape.png", "/abs/img.png", "C:\\x\\img.png", "a/../../b.png"])
+def test_predict_like_refuses_file_names_outside_the_folder(weights, tmp_path, name):
+    src = make_dataset(tmp_path, n_images=1)
+    like = json.loads(src.read_text())
+    like["images"][0]["file_name"] = name
+    (tmp_path / "like.json").write_text(json.dumps(like))
+    r = run("predict", tmp_path, "-o", tmp_path / "p.json", "--weights", weights, "--like", tmp_path / "like.json")
+    assert r.exit_code == 1 and "image 10" in r.output and not (tmp_path / "p.json").exists()
+
+
+def test_evaluate_class_agnostic(tmp_path):
+    src = make_dataset(tmp_path, n_images=2)
+    doc = json.loads(src.read_text())
+    results = [{"image_id": a["image_id"], "category_id": 999 if a["category_id"] == 3 else 3,
+                "segmentation": a["segmentation"], "score": 0.9}
+               for a in doc["annotations"] if a.get("segmentation") and not a.get("iscrowd")]
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    r = run("evaluate", src, tmp_path / "res.json", "--json", "--class-agnostic")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["segm_AP50"] > 0.5

@@ -46,6 +46,41 @@ def test_resume_is_exact(tmp_path, mode):
     assert (tmp_path / "b" / "model_final.pt").exists()
 
 
+def test_detector_mode_trains_only_rpn_and_box_head(tmp_path):
+    from refinemask_cli.engine.config import DETECTOR_MODULES
+    from refinemask_cli.weights import read_checkpoint
+    from refinemask_cli.weights.checkpoint import detector_trained
+
+    # a mask-mode run: its detector stays untrained, and its checkpoint says so
+    (tmp_path / "m").mkdir()
+    (tmp_path / "d").mkdir()
+    masked = run_training(tiny_cfg(tmp_path / "m", mode="mask"), tmp_path / "m", torch.device("cpu"))
+    meta = read_checkpoint(tmp_path / "m" / "model_final.pt")["meta"]
+    assert meta["detector"] == "untrained" and detector_trained(meta) is False
+    before = {k: v.clone() for k, v in masked.state_dict().items()}
+    cfg = tiny_cfg(tmp_path / "d", mode="detector", init=str(tmp_path / "m" / "model_final.pt"))
+    trained = run_training(cfg, tmp_path / "d", torch.device("cpu"))
+    after = trained.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert changed, "the detector learnt nothing"
+    assert all(k.startswith(DETECTOR_MODULES) for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("rpn.") for k in changed) and any(k.startswith("roi_heads.box_") for k in changed)
+    losses = json.loads((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss_objectness", "loss_classifier"} <= set(losses) and "loss_instance" not in losses
+    meta = read_checkpoint(tmp_path / "d" / "model_final.pt")["meta"]
+    assert meta["detector"] == "trained" and meta["train_mode"] == "detector" and detector_trained(meta)
+
+
+@pytest.mark.parametrize("meta,expected", [
+    ({"detector": "trained", "train_mode": "mask"}, True), ({"heads": "untrained"}, False),
+    ({"source": "torchvision"}, True), ({"source": "mmdet"}, True), ({"train_mode": "full"}, True),
+    ({"train_mode": "mask"}, False), ({}, None)])
+def test_detector_trained_from_metadata(meta, expected):
+    from refinemask_cli.weights.checkpoint import detector_trained
+
+    assert detector_trained(meta) is expected
+
+
 def test_cli_train_writes_run_folder(tmp_path):
     src = make_dataset(tmp_path, n_images=2)
     (tmp_path / "t.toml").write_text(

@@ -4,7 +4,8 @@ Example ``train.toml``::
 
     iters = 2000
     batch_size = 4
-    mode = "mask"              # "full": detector + masks; "mask": mask branch from given boxes
+    mode = "mask"              # "full": detector + masks; "mask": mask branch from given boxes;
+                               # "detector": RPN + box head only, the rest kept as initialised
     init = "imagenet-mobilenet_v2"
     min_sizes = [320, 352, 384]
 
@@ -35,6 +36,11 @@ else:  # pragma: no cover
 
 BASE_LR = 0.02  # per 16 images (spec §3.1); scaled linearly with the batch
 BASE_BATCH = 16
+# full: detector and mask branch; mask: the mask branch from the given boxes (for partly labelled
+# data); detector: RPN and box head only, backbone and mask branch frozen (so a model's refinement
+# stays exactly as it was while it learns to find objects)
+TRAIN_MODES = ("full", "mask", "detector")
+DETECTOR_MODULES = ("rpn.", "roi_heads.box_head.", "roi_heads.box_predictor.")
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,8 @@ class TrainConfig:
         errors = []
         if not self.datasets:
             errors.append("at least one training dataset is needed (--train-json/--images or [[datasets]])")
-        if self.mode not in ("full", "mask"):
-            errors.append(f"mode must be 'full' or 'mask', got {self.mode!r}")
+        if self.mode not in TRAIN_MODES:
+            errors.append(f"mode must be one of {', '.join(TRAIN_MODES)}, got {self.mode!r}")
         if not 0 <= self.zoom_margin_jitter < 1:
             errors.append("zoom_margin_jitter must be in [0, 1)")
         for name in ("iters", "batch_size", "checkpoint_every", "log_every", "zoom_crops"):

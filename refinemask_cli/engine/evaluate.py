@@ -223,8 +223,32 @@ def _ensure_rle(doc: dict) -> dict:
     return {**doc, "annotations": anns}
 
 
-def evaluate_detections(gt: dict, results: list[dict]) -> dict:
-    """``segm_AP`` (and AP50/AP75) and ``boundary_AP`` of a results list against a dataset."""
+def _results_as_rle(gt: dict, results: list[dict]) -> list[dict]:
+    """Polygon results as RLE (``loadRes`` computes areas from RLE only); others unchanged."""
+    images = {im["id"]: im for im in gt["images"]}
+    out = []
+    for r in results:
+        if isinstance(r.get("segmentation"), list) and r["image_id"] in images:
+            im = images[r["image_id"]]
+            m = annotation_mask(r, im["height"], im["width"])
+            r = {**r, "segmentation": mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))}
+        out.append(r)
+    return out
+
+
+def as_one_class(gt: dict, results: list[dict]) -> tuple[dict, list[dict]]:
+    """GT and results with every category made one, "object" (class-agnostic AP)."""
+    gt = {**gt, "annotations": [{**a, "category_id": 1} for a in gt["annotations"]],
+          "categories": [{"id": 1, "name": "object", "supercategory": ""}]}
+    return gt, [{**r, "category_id": 1} for r in results]
+
+
+def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = False) -> dict:
+    """``segm_AP`` (and AP50/AP75) and ``boundary_AP`` of a results list against a dataset
+    (``class_agnostic``: every category counted as one)."""
+    if class_agnostic:
+        gt, results = as_one_class(gt, results)
+    results = _results_as_rle(gt, results)
     gt_coco = _quiet_coco(_ensure_rle(gt))
     out = {}
     if not results:

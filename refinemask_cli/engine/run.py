@@ -25,9 +25,9 @@ from ..data.splits import holdout_ids
 from ..io.coco import read_coco
 from ..model import ModelConfig, RefineMaskRCNN, build_model
 from ..model.zoom import ZoomSpec
-from ..weights.checkpoint import atomic_torch_save, load_model, load_state_strict, save_checkpoint
+from ..weights.checkpoint import atomic_torch_save, detector_trained, load_model, load_state_strict, save_checkpoint
 from ..weights.convert import load_mobilenet_v2_imagenet
-from .config import TrainConfig
+from .config import DETECTOR_MODULES, TrainConfig
 from .train import TrainSettings, lr_at
 
 STATE_VERSION = 1
@@ -84,15 +84,16 @@ def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
     return ModelConfig.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
 
 
-def initialise(model: RefineMaskRCNN, init: str) -> str:
+def initialise(model: RefineMaskRCNN, init: str) -> tuple[str, bool]:
+    """Load the ``init`` weights; returns their name and whether their detector was trained."""
     if init == "none":
-        return "random"
+        return "random", False
     if init == "imagenet-mobilenet_v2":
         load_mobilenet_v2_imagenet(model)
-        return init
-    src, _ = load_model(init)
+        return init, False
+    src, ckpt = load_model(init)
     load_state_strict(model, src.state_dict(), init)
-    return Path(init).name
+    return Path(init).name, bool(detector_trained(ckpt.get("meta", {})))
 
 
 def rng_state() -> dict:
@@ -135,8 +136,14 @@ def run_training(
     seed_everything(cfg.seed)
     model_cfg = resolve_model_config(cfg)
     model = build_model(model_cfg)
-    init_name = initialise(model, cfg.init)
+    init_name, init_detector = initialise(model, cfg.init)
+    # a mask-mode run leaves the RPN and box head as they came
+    detector_state = "trained" if cfg.mode != "mask" or init_detector else "untrained"
     model.transform.min_size = tuple(cfg.min_sizes)
+    if cfg.mode == "detector":
+        for name, p in model.named_parameters():
+            if not name.startswith(DETECTOR_MODULES):
+                p.requires_grad_(False)
     model.to(device).train()
     lr = cfg.scaled_lr(dist_info.world_size)
     settings = TrainSettings(iters=cfg.iters, lr=lr, warmup_iters=cfg.warmup_iters, steps=cfg.steps,
@@ -197,7 +204,7 @@ def run_training(
             g["lr"] = current_lr
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             losses = net(images, targets, mask_only=cfg.mode == "mask", zoom=zoom, zoom_crops=cfg.zoom_crops,
-                         zoom_margin_jitter=cfg.zoom_margin_jitter)
+                         zoom_margin_jitter=cfg.zoom_margin_jitter, detector_only=cfg.mode == "detector")
         total = sum(losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(f"loss became {total.item()} at step {step}; lower --lr")
@@ -219,9 +226,9 @@ def run_training(
             save_state(step)
             if dist_info.is_main:  # a usable model at every checkpoint, not only at the end
                 save_checkpoint(model, out_dir / "model_last.pt", {"trained_iters": step, "init": init_name,
-                                                                    "train_mode": cfg.mode})
+                                                                    "train_mode": cfg.mode, "detector": detector_state})
                 model.train()
     if dist_info.is_main and step == cfg.iters:
         save_checkpoint(model.eval(), out_dir / "model_final.pt",
-                        {"trained_iters": step, "init": init_name, "train_mode": cfg.mode})
+                        {"trained_iters": step, "init": init_name, "train_mode": cfg.mode, "detector": detector_state})
     return model

@@ -1,13 +1,29 @@
-"""Predict masks for a folder of images and build a COCO dataset from them."""
+"""Predict masks for a folder of images and build a COCO dataset from them.
+
+Image ids, file names and categories come either from the folder (ids 1..N in sorted file-name
+order, the model's classes) or, with ``like``, from an existing COCO dataset, so that the results
+load against it (pycocotools ``loadRes``, ``refinemask evaluate``).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..io.coco import CocoError
 from ..io.images import SUFFIXES, read_image
-from ..predictor import Predictor
+from ..predictor import Predictor, PredictSettings
+from .paths import safe_relative
 from .pipeline import batch_groups, run_pipeline
 from .refine import encode_output
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image to predict: the image record written out (id, file_name, …) and where it is read."""
+
+    info: dict
+    path: Path
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -20,28 +36,89 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-def categories_of(predictor: Predictor) -> list[dict]:
+def folder_entries(folder: Path) -> list[Entry]:
+    return [Entry({"id": i + 1, "file_name": p.name}, p) for i, p in enumerate(list_images(folder))]
+
+
+def like_entries(doc: dict, folder: Path) -> list[Entry]:
+    """The images of dataset ``doc``, read from ``folder`` / file_name, with their own ids."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: images folder not found")
+    out = []
+    for im in doc["images"]:
+        rel = safe_relative(im["file_name"], f"image {im['id']}")
+        path = folder / rel
+        if not path.is_file():
+            raise CocoError(f"image {im['id']}: {path} not found; pass the --images folder that "
+                            f"holds the dataset's file_names")
+        out.append(Entry({k: im[k] for k in ("id", "file_name", "width", "height") if k in im}, path))
+    if not out:
+        raise ValueError("the --like dataset lists no images")
+    return out
+
+
+def model_categories(predictor: Predictor) -> list[dict]:
     names = predictor.class_names or tuple(f"class_{i}" for i in range(predictor.model.cfg.num_classes))
     return [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(names)]
 
 
-def predict_folder(
-    folder: Path,
+def like_categories(predictor: Predictor, doc: dict, category: str | None = None) -> tuple[list[dict], list[int]]:
+    """The dataset's categories and, per model class, the dataset category id it is written as.
+
+    By name where every model class is one of the dataset's categories; a one-class (class-agnostic)
+    model's detections go to ``category`` (a name or id), else to the dataset's only category."""
+    cats = doc.get("categories", [])
+    by_name = {str(c["name"]): c["id"] for c in cats}
+    by_id = {str(c["id"]): c["id"] for c in cats}
+    names = list(predictor.class_names or ())
+    if category is not None:
+        if len(names) > 1:
+            raise ValueError("--category is for one-class (class-agnostic) weights; these have "
+                             f"{len(names)} classes, matched to the dataset's categories by name")
+        cid = by_name.get(category, by_id.get(category))
+        if cid is None:
+            raise ValueError(f"--category {category!r}: no such category name or id in the --like dataset")
+        return cats, [cid]
+    if names and all(n in by_name for n in names):
+        return cats, [by_name[n] for n in names]
+    if len(names) <= 1 and len(cats) == 1:
+        return cats, [cats[0]["id"]]
+    missing = [n for n in names if n not in by_name]
+    hint = ("pass --category NAME to write every detection as that category"
+            if len(names) <= 1 else "use weights trained on these categories")
+    raise ValueError(f"the model's classes ({', '.join(missing[:5])}) are not categories of the --like "
+                     f"dataset; {hint}")
+
+
+def predict_entries(
+    entries: list[Entry],
     predictor: Predictor,
-    score_threshold: float = 0.5,
+    settings: PredictSettings,
+    categories: list[dict],
+    category_ids: list[int],
     output_format: str = "polygon",
     simplify: float = 0.0,
     on_image: Callable[[int, int], None] | None = None,
     on_result: Callable[[dict, object, list[dict]], None] | None = None,
 ) -> dict:
-    """A COCO dataset: images from the folder, one annotation (with ``score``) per detection.
+    """A COCO dataset: the entries' images, one annotation (with ``score``) per detection.
 
     Runs on the shared pipeline: images read ahead, ``predictor.batch_size`` per forward pass,
-    polygons encoded while the next batch runs; ids follow the sorted file names."""
+    polygons encoded while the next batch runs; annotation ids count from 1 in image order."""
     images, annotations = [], []
 
+    def read(entry: Entry):
+        image = read_image(entry.path)
+        h, w = image.shape[:2]
+        want = (entry.info.get("height", h), entry.info.get("width", w))
+        if want != (h, w):
+            raise CocoError(f"image {entry.info['id']}: {entry.path} is {w}x{h} but the dataset says "
+                            f"{want[1]}x{want[0]}; check that --images holds the dataset's images")
+        return image
+
     def forward(items):
-        return predictor.predict([image for _, image in items], score_threshold=score_threshold)
+        return predictor.predict([image for _, image in items], score_threshold=settings.score_threshold,
+                                 max_detections=settings.max_detections)
 
     def finish(items, dets):
         per_image = []
@@ -51,22 +128,29 @@ def predict_folder(
             for mask, label, score in zip(det.masks, det.labels, det.scores):
                 if mask.area:
                     enc, _ = encode_output(mask, h, w, output_format, simplify)
-                    fields.append({"category_id": int(label) + 1, **enc, "iscrowd": 0, "score": round(float(score), 5)})
+                    fields.append({"category_id": category_ids[int(label)], **enc, "iscrowd": 0,
+                                   "score": round(float(score), 5)})
             per_image.append(fields)
         return per_image
 
     def hand_on(items, per_image):
-        for (path, image), fields in zip(items, per_image):
-            image_id = len(images) + 1
-            info = {"id": image_id, "file_name": path.name, "width": image.shape[1], "height": image.shape[0]}
+        for (entry, image), fields in zip(items, per_image):
+            info = {**entry.info, "width": image.shape[1], "height": image.shape[0]}
             images.append(info)
-            anns = [{"id": len(annotations) + k + 1, "image_id": image_id, **f} for k, f in enumerate(fields)]
+            anns = [{"id": len(annotations) + k + 1, "image_id": info["id"], **f} for k, f in enumerate(fields)]
             annotations.extend(anns)
             if on_result:
                 on_result(info, image, anns)
             if on_image:
                 on_image(1, len(anns))
 
-    run_pipeline(batch_groups(list_images(folder), predictor.batch_size), read_image, forward, finish, hand_on)
+    run_pipeline(batch_groups(entries, predictor.batch_size), read, forward, finish, hand_on)
     return {"info": {"description": "refinemask predict"}, "images": images, "annotations": annotations,
-            "categories": categories_of(predictor)}
+            "categories": categories}
+
+
+def predict_folder(folder: Path, predictor: Predictor, settings: PredictSettings | None = None, **kwargs) -> dict:
+    """Every image of ``folder`` (ids 1..N by file name), the model's classes as categories."""
+    cats = model_categories(predictor)
+    return predict_entries(folder_entries(folder), predictor, settings or PredictSettings(), cats,
+                           [c["id"] for c in cats], **kwargs)

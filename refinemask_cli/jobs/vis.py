@@ -8,6 +8,7 @@ import numpy as np
 
 from ..geometry import segmentation_to_mask
 from ..io.coco import segmentation_kind_safe
+from .paths import safe_relative
 
 RED = (255, 60, 60)
 GREEN = (40, 220, 40)
@@ -43,3 +44,16 @@ def write_overlay(path: Path, image: np.ndarray, before: list[dict], after: list
     ok = cv2.imwrite(str(path), draw_overlay(image, before, after)[:, :, ::-1])
     if not ok:
         raise OSError(f"{path}: could not write the overlay PNG")
+
+
+def overlay_path(vis_dir: Path, info: dict) -> Path:
+    """``vis_dir`` / the image's sub-folders / ``STEM_ID.png``: unique per image, never outside ``vis_dir``."""
+    rel = safe_relative(info["file_name"], f"image {info['id']}")
+    return vis_dir / rel.parent / f"{rel.stem}_{info['id']}.png"
+
+
+def check_overlay_paths(doc: dict) -> None:
+    """Fail before any work when an image's overlay would land outside the folder."""
+    for info in doc.get("images", []):
+        if isinstance(info, dict) and "file_name" in info and "id" in info:
+            safe_relative(info["file_name"], f"image {info['id']}")

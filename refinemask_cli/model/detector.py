@@ -74,7 +74,7 @@ class RefineRoIHeads(RoIHeads):
         self.semantic_window = True
 
     # -- training ---------------------------------------------------------------------------
-    def forward(self, features, proposals, image_shapes, targets=None):
+    def forward(self, features, proposals, image_shapes, targets=None, with_masks: bool = True):
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_feats = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
@@ -89,6 +89,8 @@ class RefineRoIHeads(RoIHeads):
             ]
         loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
         losses = {"loss_classifier": self.box_loss_weight * loss_cls, "loss_box_reg": self.box_loss_weight * loss_box}
+        if not with_masks:
+            return losses
         pos_boxes, pos_labels, pos_inds = [], [], []
         for props, lbl, idx in zip(proposals, labels, matched_idxs):
             pos = lbl > 0
@@ -240,9 +242,11 @@ class RefineMaskRCNN(nn.Module):
         return [{**t, "labels": t["labels"].long() + 1} for t in targets]
 
     def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None, mask_only: bool = False,
-                zoom: ZoomSpec | None = None, zoom_crops: int = 2, zoom_margin_jitter: float = 0.0):
+                zoom: ZoomSpec | None = None, zoom_crops: int = 2, zoom_margin_jitter: float = 0.0,
+                detector_only: bool = False):
         """Train mode: the loss dict (``mask_only``: mask-branch losses from the target boxes only,
-        in zoom crops when ``zoom`` is given). Eval mode: detections."""
+        in zoom crops when ``zoom`` is given; ``detector_only``: RPN and box-head losses only).
+        Eval mode: detections."""
         self._check_images(images)
         if self.training:
             if targets is None:
@@ -252,7 +256,7 @@ class RefineMaskRCNN(nn.Module):
             images_t, targets_t = self.transform(list(images), self._to_torchvision_targets(targets))
             features = self.backbone(images_t.tensors)
             proposals, rpn_losses = self.rpn(images_t, features, targets_t)
-            losses = self.roi_heads(features, proposals, images_t.image_sizes, targets_t)
+            losses = self.roi_heads(features, proposals, images_t.image_sizes, targets_t, with_masks=not detector_only)
             return {**rpn_losses, **losses}
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         images_t, _ = self.transform(list(images))

@@ -71,6 +71,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def detector_trained(meta: dict[str, Any]) -> bool | None:
+    """Whether a checkpoint's RPN and box head were trained, from its metadata (None: unknown).
+
+    Our training runs write ``meta["detector"]``; older files are judged by how they were made:
+    converted official or torchvision detectors are trained, ImageNet-only files and mask-mode runs
+    (the mask branch learnt from given boxes) are not."""
+    state = meta.get("detector")
+    if state in ("trained", "untrained"):
+        return state == "trained"
+    if meta.get("heads") == "untrained":
+        return False
+    if meta.get("source") in ("mmdet", "torchvision"):
+        return True
+    mode = meta.get("train_mode")
+    if mode in ("full", "detector"):
+        return True
+    if mode == "mask":
+        return False
+    return None
+
+
 def save_checkpoint(model: RefineMaskRCNN, path: str | os.PathLike, meta: dict[str, Any] | None = None,
                     half: bool = False) -> str:
     ckpt = checkpoint_dict(model, meta, half)

@@ -1,0 +1,179 @@
+"""Detection quality of `predict` on a held-back fifth of ../shared/data: class-agnostic mask AP,
+AP50, AP75 and Boundary AP, the speed, and the score threshold that suits annotation.
+
+Every object of the held-back images (`data/splits.py`) is one class, "object" (crowd regions stay
+crowd: detections on them are neither rewarded nor punished). Each `--variant` row runs the model
+with other settings, all in ONE run on the same images:
+
+    python benchmarks/bench_predict_quality.py --weights W.pt [--device auto] [--precision auto]
+        [--set coco-extra] [--limit N] [--variant min_size=512 --variant masks=zoom ...] [--json OUT]
+
+Variant fields: ``min_size`` / ``max_size`` (the input size of the detector), ``masks`` (``whole``:
+the masks of the detection pass; ``zoom``: each detection refined in its own crop, as `refine`
+does, ``flip`` 0/1 with it), ``max_dets``.
+
+The threshold printed is the detection score that maximises F1 of matched masks at IoU 0.5 (each
+ground-truth object matched at most once, best score first): what `predict` should keep by default.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from refinemask_cli.data.splits import holdout_ids, subset
+from refinemask_cli.engine.evaluate import evaluate_detections
+from refinemask_cli.geometry import encode_rle, segmentation_to_mask
+from refinemask_cli.io.coco import read_coco
+from refinemask_cli.io.images import read_image
+from refinemask_cli.predictor import Predictor, RefineSettings
+from refinemask_cli.weights import load_model
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data"
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
+
+
+def agnostic_holdout(data: Path, limit: int | None = None) -> dict:
+    """The held-back fifth of a fully labelled set with every category made "object"."""
+    doc = read_coco(data / "instances.json")
+    held = holdout_ids(im["id"] for im in doc["images"])
+    doc = subset(doc, held)
+    if limit:
+        doc = subset(doc, {im["id"] for im in doc["images"][:limit]})
+    anns = [{**a, "category_id": 1} for a in doc["annotations"]]
+    return {**doc, "annotations": anns, "categories": [{"id": 1, "name": "object", "supercategory": ""}]}
+
+
+def parse_variant(text: str) -> dict:
+    out: dict = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key in ("min_size", "max_size", "max_dets", "flip"):
+            out[key] = int(value)
+        elif key == "masks" and value in ("whole", "zoom"):
+            out[key] = value
+        else:
+            raise SystemExit(f"bad variant field {part!r}")
+    return out
+
+
+def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
+    """Precision, recall and F1 at IoU 0.5 for each score threshold (crowd GT ignored)."""
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    images = {im["id"]: im for im in gt["images"]}
+    gts: dict[int, list] = {}
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):
+            im = images[a["image_id"]]
+            rle = encode_rle(segmentation_to_mask(a["segmentation"], im["height"], im["width"]))
+            gts.setdefault(a["image_id"], []).append(rle)
+    n_gt = sum(len(v) for v in gts.values())
+    rows = []
+    for thr in THRESHOLDS:
+        tp = fp = 0
+        for image_id, dets in by_image.items():
+            dets = sorted((d for d in dets if d["score"] >= thr), key=lambda d: -d["score"])
+            g = gts.get(image_id, [])
+            if not dets:
+                continue
+            if not g:
+                fp += len(dets)
+                continue
+            ious = np.asarray(mask_utils.iou([d["segmentation"] for d in dets], g, [0] * len(g)))
+            taken = np.zeros(len(g), bool)
+            for row in ious:
+                row = np.where(taken, -1, row)
+                j = int(row.argmax())
+                if row[j] >= 0.5:
+                    taken[j] = True
+                    tp += 1
+                else:
+                    fp += 1
+        precision = tp / max(tp + fp, 1)
+        recall = tp / max(n_gt, 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+        kept = sum(1 for r in results if r["score"] >= thr)
+        rows.append({"threshold": thr, "precision": precision, "recall": recall, "f1": f1,
+                     "detections_per_image": kept / max(len(gt["images"]), 1)})
+    return rows
+
+
+def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, precision: str) -> dict:
+    cfg = model.cfg
+    changes = {k: variant[k] for k in ("min_size", "max_size") if k in variant}
+    if "max_dets" in variant:
+        changes["detections_per_img"] = variant["max_dets"]
+    if changes:
+        from refinemask_cli.model import build_model
+
+        m = build_model(cfg.replace(**changes))
+        m.load_state_dict(model.state_dict())
+        model = m.eval()
+    predictor = Predictor(model, device=device, precision=precision)
+    settings = RefineSettings(mode="zoom", flip=bool(variant.get("flip", 0)))
+    results, seconds = [], 0.0
+    for im in gt["images"]:
+        image = read_image(images_dir / im["file_name"])
+        t = time.perf_counter()
+        det = predictor.predict([image], score_threshold=0.0)[0]
+        if variant.get("masks") == "zoom" and len(det):
+            scores = det.scores
+            det = predictor.refine(image, det.boxes, det.labels, settings=settings)
+            det.scores = scores
+        seconds += time.perf_counter() - t
+        h, w = image.shape[:2]
+        for mask, score in zip(det.masks, det.scores):
+            results.append({"image_id": im["id"], "category_id": 1, "score": float(score),
+                            "segmentation": mask_utils.encode(np.asfortranarray(mask.full(h, w).astype(np.uint8)))})
+    scores = evaluate_detections(gt, results)
+    for r in results:  # json-safe for --json
+        r["segmentation"]["counts"] = r["segmentation"]["counts"].decode() \
+            if isinstance(r["segmentation"]["counts"], bytes) else r["segmentation"]["counts"]
+    curve = f1_by_threshold(gt, results)
+    best = max(curve, key=lambda r: r["f1"])
+    return {**scores, "images_per_s": len(gt["images"]) / max(seconds, 1e-9), "best": best, "curve": curve}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", type=Path, default=Path(__file__).resolve().parents[1] / "weights/refinemask_mnv2_agnostic.pt")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--set", dest="set_name", default="coco-extra", choices=["coco-extra", "coco128", "davis345"])
+    ap.add_argument("--limit", type=int, default=None, help="Only the first N held-back images.")
+    ap.add_argument("--variant", action="append", default=[], help="Settings of one more row (see the module doc).")
+    ap.add_argument("--json", type=Path, default=None, help="Also write every number here.")
+    args = ap.parse_args()
+    data = DATA / args.set_name
+    if not data.is_dir():
+        print(f"{data}: not found (this benchmark needs ../shared/data)", file=sys.stderr)
+        return 1
+    model, _ = load_model(args.weights)
+    gt = agnostic_holdout(data, args.limit)
+    rows = {}
+    names = ["default"] + args.variant
+    n_objects = sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0))
+    print(f"{args.set_name} held-back fifth: {len(gt['images'])} images, {n_objects} objects; weights {args.weights.name}")
+    print(f"{'variant':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'BndAP':>6} {'img/s':>6}  best thr (P/R/F1, dets/img)")
+    for name in names:
+        variant = {} if name == "default" else parse_variant(name)
+        res = run_variant(model, gt, data / "images", variant, args.device, args.precision)
+        rows[name] = res
+        b = res["best"]
+        print(f"{name:<28} {res['segm_AP']:6.3f} {res['segm_AP50']:6.3f} {res['segm_AP75']:6.3f} "
+              f"{res['boundary_AP']:6.3f} {res['images_per_s']:6.2f}  {b['threshold']:.2f} "
+              f"({b['precision']:.2f}/{b['recall']:.2f}/{b['f1']:.2f}, {b['detections_per_image']:.1f})", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
