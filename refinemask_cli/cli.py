@@ -181,8 +181,8 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 
 
 @main.command()
-@click.argument("input_json", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--images", "images_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.argument("input_json", type=click.Path(path_type=Path))
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder the JSON's file_name entries are relative to.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Refined COCO JSON to write.")
@@ -198,6 +198,9 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @click.option("--min-agreement", type=float, default=None,
               help="Keep the input where IoU(coarse mask, refined) is below this, and flag it.")
 @click.option("--regress-boxes", is_flag=True, help="Tighten loose boxes with one pass of the box head first.")
+@click.option("--crowd", type=click.Choice(["keep", "refine"]), default="keep", show_default=True,
+              help="Crowd annotations (iscrowd 1): keep passes them through; refine refines their masks and "
+                   "writes them as single objects (CVAT exports brush masks as crowd RLE).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with one row per annotation: prompt, IoU(input, output), area change, flags.")
 @click.option("--vis-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -211,12 +214,12 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
            zoom_size: int | None, zoom_max_size: int | None, flip: bool | None, passes: int | None,
-           min_area: float | None) -> None:
+           min_area: float | None, crowd: str) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
     import time
 
     from .console import progress
-    from .io.coco import read_coco, write_json_atomic, write_text_atomic
+    from .io.coco import dumps, write_json_atomic, write_text_atomic
     from .io.lock import output_lock
     from .jobs import refine as job
     from .jobs.vis import check_overlay_paths, overlay_path, write_overlay
@@ -225,22 +228,29 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         refuse_overwrite(output, overwrite)
         if report:
             refuse_overwrite(report, overwrite)
-        options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes,
+        options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
                                     **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
                                                          flip=flip, passes=passes, min_area=min_area))
+        notes: list = []
+        doc, images_dir = read_input(input_json, images_dir, notes)
+        if images_dir is None:
+            raise click.UsageError("--images is required for a COCO file (LabelMe and YOLO inputs carry their own)")
         if not images_dir.is_dir():
             raise UserError(f"{images_dir}: images folder not found")
-        doc = read_coco(input_json)
+        for note in notes:
+            warn(f"{input_json}: {note}")
         if vis_dir is not None:
             check_overlay_paths(doc)
         predictor, ckpt = make_predictor(weights, device, precision, batch_size)
-        journal = job.Journal(output, job.fingerprint(input_json, ckpt["sha256"], options, predictor.runtime))
+        # a folder input (LabelMe, YOLO) is fingerprinted by the document read from it
+        source = input_json if input_json.is_file() else dumps(doc).encode()
+        journal = job.Journal(output, job.fingerprint(source, ckpt["sha256"], options, predictor.runtime))
         if journal.exists() and not resume:
             if not overwrite:
                 raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
                                 "or --overwrite to start over")
             journal.remove()
-        n_images = len({a.get("image_id") for a in doc["annotations"] if not a.get("iscrowd", 0)})
+        n_images = len({a.get("image_id") for a in doc["annotations"] if crowd == "refine" or not a.get("iscrowd", 0)})
         state = {"instances": 0, "t0": time.perf_counter()}
 
         ann_by_id = {a["id"]: a for a in doc["annotations"]} if vis_dir is not None else {}
@@ -271,7 +281,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
             ("images", str(stats.images) + (f" ({stats.resumed_images} from the journal)" if stats.resumed_images else "")),
             ("annotations refined", str(stats.annotations - stats.kept_input)),
             ("kept as input (flagged)", str(stats.kept_input)),
-            ("crowd (passed through)", str(stats.crowd_skipped)),
+            ("crowd", f"{stats.crowd_refined} refined as single objects" if crowd == "refine" else
+             f"{stats.crowd_skipped} passed through" + (" (--crowd refine refines them)" if stats.crowd_skipped else "")),
             ("prompts", ", ".join(f"{k} {v}" for k, v in sorted(stats.by_prompt.items())) or "-"),
             ("mean IoU(input, output)", f"{np.mean(ious):.3f}" if ious else "-"),
             ("flags", ", ".join(f"{k} {v}" for k, v in sorted(stats.flags.items())) or "none"),
@@ -284,15 +295,21 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
 
 
 def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: bool):
+    from .io.coco import dumps
     from .jobs import formats
 
-    stems = formats.stem_names(doc)
-    paths = {im["id"]: formats.relative_image_path(im["file_name"], images_dir, out_dir) for im in doc["images"]}
-    docs, losses = formats.to_labelme(doc, paths)
-    from .io.coco import dumps
-
-    formats.write_dir_atomic({f"{stems[i]}.json": dumps(d) for i, d in docs.items()}, out_dir, overwrite)
+    files, losses = formats.labelme_files(doc, images_dir, out_dir)
+    formats.write_dir_atomic({name: dumps(d) for name, d in files.items()}, out_dir, overwrite)
     return losses
+
+
+def read_input(path: Path, images_dir: Path | None, notes: list) -> tuple[dict, Path | None]:
+    """A COCO file, LabelMe folder or YOLO-seg dataset as a COCO document, and its images folder
+    (``--images`` where given, else the LabelMe/YOLO input's own)."""
+    from .io.sources import load_annotations
+
+    doc, own_images, _ = load_annotations(path, notes)
+    return doc, images_dir if images_dir is not None else own_images
 
 
 @main.command()
@@ -397,22 +414,26 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
 
 
 @main.command()
-@click.argument("input_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_json", type=click.Path(path_type=Path))
 @click.option("--to", "target", required=True, type=click.Choice(["coco-results", "labelme", "yolo-seg", "coco"]),
-              help="coco-results: results list (RLE); labelme: one JSON per image; yolo-seg: one .txt per "
-                   "image + classes.txt; coco: the dataset with RLE turned into polygons where faithful.")
+              help="coco-results: results list (RLE); labelme: one JSON per image; yolo-seg: an Ultralytics "
+                   "dataset (data.yaml, images/, labels/); coco: the dataset with RLE turned into polygons where faithful.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="File or folder to write.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Images folder (LabelMe imagePath is written relative to it).")
+              help="Images folder: LabelMe imagePath points at it; yolo-seg copies (hard-links) its images.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @handle_errors
 def export(input_json: Path, target: str, output: Path, images_dir: Path | None, overwrite: bool) -> None:
-    """Convert a COCO dataset to another format, warning where the format loses information."""
-    from .io.coco import check_dataset, first_error, read_coco, write_json_atomic
+    """Convert a COCO dataset (or a LabelMe folder or YOLO-seg dataset) to another format, warning
+    where the format loses information."""
+    from .io.coco import check_dataset, first_error, write_json_atomic
     from .jobs import formats
 
     refuse_overwrite(output, overwrite)
-    doc = read_coco(input_json)
+    notes: list = []
+    doc, images_dir = read_input(input_json, images_dir, notes)
+    for note in notes:
+        warn(f"{input_json}: {note}")
     problem = first_error(check_dataset(doc))
     if problem:
         raise UserError(f"{input_json}: {problem} (run `refinemask validate` for the full list)")
@@ -425,27 +446,26 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
     elif target == "labelme":
         losses = write_labelme(doc, output, images_dir, overwrite=True)
     else:
-        texts, names, losses = formats.to_yolo_seg(doc)
-        stems = formats.stem_names(doc)
-        files = {f"{stems[i]}.txt": t for i, t in texts.items()}
-        files["classes.txt"] = "\n".join(names) + "\n"
-        formats.write_dir_atomic(files, output, overwrite=True)
+        files, copies, losses = formats.yolo_dataset(doc, images_dir)
+        formats.write_dir_atomic(files, output, overwrite=True, copies=copies)
     for line in losses.lines(target):
         warn(line)
     console.print(f"wrote {output} ({target}, {len(doc['images'])} images, {len(doc['annotations'])} annotations)")
 
 
 @main.command()
-@click.argument("input_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_json", type=click.Path(path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also check that every image file is present.")
+              help="Also check that every image file is present (a LabelMe or YOLO input checks its own).")
 @handle_errors
 def validate(input_json: Path, images_dir: Path | None) -> None:
-    """Check a COCO file the way pycocotools and training code will use it; list every problem."""
-    from .io.coco import check_dataset, read_coco
+    """Check a COCO file (or a LabelMe folder or YOLO-seg dataset) the way pycocotools and training
+    code will use it; list every problem."""
+    from .io.coco import check_dataset
 
-    doc = read_coco(input_json)
-    problems = check_dataset(doc, images_dir)
+    notes: list = []
+    doc, images_dir = read_input(input_json, images_dir, notes)
+    problems = notes + check_dataset(doc, images_dir)
     if images_dir is not None:  # what refine would meet reading them: unreadable files, wrong sizes
         from .io.coco import CocoError, Problem
         from .jobs.refine import load_checked_image

@@ -121,19 +121,42 @@ def test_export_coco_keeps_holes_as_rle(holes_doc):
     assert anns[103]["segmentation"] == json.loads(src.read_text())["annotations"][3]["segmentation"]  # crowd
 
 
-def test_export_yolo_warns_and_normalises(holes_doc):
+def test_export_yolo_writes_an_ultralytics_dataset(holes_doc):
     src, root, ring, two = holes_doc
-    r = run("export", src, "--to", "yolo-seg", "-o", root / "yolo")
+    r = run("export", src, "--to", "yolo-seg", "-o", root / "yolo", "--images", root)
     assert r.exit_code == 0, r.output
-    for needle in ("lose their holes", "several parts", "box-only", "crowd"):
+    for needle in ("lose their holes", "box-only", "crowd"):
         assert needle in r.output
-    assert (root / "yolo" / "classes.txt").read_text() == "ball\negg\n"
-    lines = (root / "yolo" / "img_0.txt").read_text().splitlines()
+    assert "several parts" not in r.output  # joined, not dropped
+    yaml_text = (root / "yolo" / "data.yaml").read_text()
+    assert "train: images" in yaml_text and '  0: "ball"' in yaml_text and '  1: "egg"' in yaml_text
+    assert (root / "yolo" / "images" / "img_0.png").read_bytes() == (root / "img_0.png").read_bytes()
+    lines = (root / "yolo" / "labels" / "img_0.txt").read_text().splitlines()
     assert len(lines) == 5  # 3 synthetic non-crowd + ring + two-part
+    h, w = two.shape
     for line in lines:
         parts = line.split()
         assert parts[0] in {"0", "1"} and len(parts) % 2 == 1 and len(parts) >= 7
         assert all(0.0 <= float(v) <= 1.0 for v in parts[1:])
+    # the two-part object is one ring whose raster covers both parts (as Ultralytics joins them)
+    two_part = lines[-1].split()[1:]
+    ring_px = [float(v) * (w if k % 2 == 0 else h) for k, v in enumerate(two_part)]
+    back = segmentation_to_mask([ring_px], h, w)
+    assert (back & two).sum() >= 0.97 * two.sum() and (back & ~two).sum() <= 0.05 * two.sum()
+    r = run("export", src, "--to", "yolo-seg", "-o", root / "bare")
+    assert r.exit_code == 0 and "no --images" in r.output and not (root / "bare" / "images").exists()
+
+
+def test_join_rings_visits_every_part():
+    from refinemask_cli.jobs.formats import join_rings
+
+    squares = [[0, 0, 4, 0, 4, 4, 0, 4], [10, 0, 14, 0, 14, 4, 10, 4], [20, 10, 24, 10, 24, 14, 20, 14]]
+    joined = join_rings(squares)
+    pts = {(joined[i], joined[i + 1]) for i in range(0, len(joined), 2)}
+    assert all((r[i], r[i + 1]) in pts for r in squares for i in range(0, 8, 2))
+    m = segmentation_to_mask([joined], 20, 30)
+    assert all(segmentation_to_mask([r], 20, 30)[m == 0].sum() == 0 for r in squares)
+    assert join_rings(squares[:1]) == [float(v) for v in squares[0]] and join_rings([]) == []
 
 
 def test_export_labelme_and_results(holes_doc):
@@ -143,8 +166,9 @@ def test_export_labelme_and_results(holes_doc):
     lm = json.loads((root / "lm" / "img_0.json").read_text())
     assert lm["imageHeight"] == 64 and lm["imagePath"] == "../img_0.png"
     kinds = {(s["group_id"], s["shape_type"]) for s in lm["shapes"]}
-    assert (100, "rectangle") in kinds and (901, "polygon") in kinds
+    assert (100, "rectangle") in kinds and (901, "polygon") in kinds and (900, "mask") in kinds
     assert sum(1 for s in lm["shapes"] if s["group_id"] == 901) == 2
+    assert "lose their holes" not in r.output  # kept as a mask shape
     r = run("export", src, "--to", "coco-results", "-o", root / "res.json")
     assert r.exit_code == 0 and "crowd" in r.output
     res = json.loads((root / "res.json").read_text())

@@ -311,3 +311,54 @@ def test_far_away_polygon_is_one_clear_line_from_validate_and_refine(weights, da
     r = run("refine", bad, "--images", root, "-o", root / "out.json", "--weights", weights, "--device", "cpu")
     assert r.exit_code == 1 and "annotation 101" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (root / "out.json").exists()
+
+
+def test_crowd_refine_refines_cvat_style_masks(weights, data):
+    src, root = data
+    r = run("refine", src, "--images", root, "-o", root / "keep.json", "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 0 and "2 passed through (--crowd refine refines them)" in " ".join(r.output.split())
+    r = run("refine", src, "--images", root, "-o", root / "out.json", "--weights", weights, "--device", "cpu",
+            "--crowd", "refine", "--report", root / "rep.csv")
+    assert r.exit_code == 0, r.output
+    assert "2 refined as single objects" in " ".join(r.output.split())
+    before = {a["id"]: a for a in json.loads(src.read_text())["annotations"]}
+    after = {a["id"]: a for a in json.loads((root / "out.json").read_text())["annotations"]}
+    crowd_ids = [i for i, a in before.items() if a["iscrowd"]]
+    assert crowd_ids and all(after[i]["iscrowd"] == 0 and after[i]["segmentation"] != before[i]["segmentation"]
+                             for i in crowd_ids)
+    assert sum("crowd-refined" in line for line in (root / "rep.csv").read_text().splitlines()) == len(crowd_ids)
+    COCO(str(root / "out.json"))
+
+
+def test_pycocotools_tolerated_fields_are_read_and_written_fixed(weights, data):
+    """No iscrowd, integral-float sizes and digit-string ids: pycocotools loads such files, so do we,
+    and the output carries the integers and iscrowd 0 (COCOeval needs it)."""
+    from pycocotools.cocoeval import COCOeval
+
+    src, root = data
+    doc = json.loads(src.read_text())
+    doc["annotations"] = [a for a in doc["annotations"] if not a["iscrowd"]]
+    for a in doc["annotations"]:
+        del a["iscrowd"]
+    doc["images"][0]["width"] = float(doc["images"][0]["width"])
+    doc["annotations"][0]["id"] = str(doc["annotations"][0]["id"])
+    (root / "loose.json").write_text(json.dumps(doc))
+    r = run("validate", root / "loose.json")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "no 'iscrowd' (and 5 more); taken as 0" in text and "width 80.0 is a float" in text
+    assert "id '100' is a string" in text
+    r = run("refine", root / "loose.json", "--images", root, "-o", root / "out.json", "--weights", weights,
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    out = json.loads((root / "out.json").read_text())
+    assert all(a["iscrowd"] == 0 for a in out["annotations"]) and out["images"][0]["width"] == 80
+    assert out["annotations"][0]["id"] == 100
+    gt = COCO(str(root / "out.json"))
+    ev = COCOeval(gt, gt.loadRes([{**a, "score": 1.0} for a in out["annotations"]]), "segm")
+    ev.evaluate()  # raised KeyError: 'iscrowd' before
+    r = run("validate", root / "bad.json")
+    doc["images"][0]["width"] = 80.5
+    (root / "bad.json").write_text(json.dumps(doc))
+    r = run("validate", root / "bad.json")
+    assert r.exit_code == 1 and "image 10" in r.output and "positive integers" in r.output

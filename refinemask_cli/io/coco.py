@@ -46,8 +46,9 @@ def read_json(path: str | Path) -> Any:
         raise CocoError(f"{p}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
 
 
-def read_coco(path: str | Path) -> dict:
-    """A COCO dataset document with the top-level structure checked (not the contents)."""
+def read_coco(path: str | Path, notes: list | None = None) -> dict:
+    """A COCO dataset document with the top-level structure checked (not the contents), normalised
+    the way pycocotools reads it (``normalize_dataset``; what it changed goes to ``notes``)."""
     doc = read_json(path)
     if not isinstance(doc, dict):
         if isinstance(doc, list):
@@ -62,7 +63,65 @@ def read_coco(path: str | Path) -> dict:
             raise CocoError(f"{path}: '{key}' must be a list, got {type(doc[key]).__name__}")
     if "categories" in doc and not isinstance(doc["categories"], list):
         raise CocoError(f"{path}: 'categories' must be a list")
+    changed = normalize_dataset(doc)
+    if notes is not None:
+        notes.extend(changed)
     return doc
+
+
+# the integer fields of each list, as pycocotools and COCOeval use them
+INTEGER_FIELDS = {"images": ("id", "width", "height"), "annotations": ("id", "image_id", "category_id", "iscrowd"),
+                  "categories": ("id",)}
+_WHERE = {"images": "image", "annotations": "annotation", "categories": "category"}
+
+
+def as_integer(value: Any) -> int | None:
+    """``value`` as an int where pycocotools would treat it as one: an integral float (``640.0``)
+    or a string of digits (``"12"``); None otherwise (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def normalize_dataset(doc: dict) -> list[Problem]:
+    """In place: integral floats and digit strings in integer fields become ints, and a missing
+    ``iscrowd`` becomes 0 (COCOeval reads it for every annotation). Returns one warning per kind of
+    change, naming the first entry and how many there were; the output files carry the fixed values."""
+    found: dict[tuple[str, str, str], list] = {}
+    for key, fields in INTEGER_FIELDS.items():
+        for item in doc.get(key, []) if isinstance(doc.get(key), list) else []:
+            if not isinstance(item, dict):
+                continue
+            for name in fields:
+                value = item.get(name)
+                if isinstance(value, int) or name not in item:
+                    continue
+                number = as_integer(value)
+                if number is not None:
+                    kind = "a float" if isinstance(value, float) else "a string"
+                    found.setdefault((key, name, kind), []).append((item.get("id"), value))
+                    item[name] = number
+    missing_crowd = []
+    for ann in doc.get("annotations", []):
+        if isinstance(ann, dict) and "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            missing_crowd.append(ann.get("id"))
+    notes = []
+    for (key, name, kind), items in found.items():
+        first_id, value = items[0]
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        notes.append(Problem("warning", f"{_WHERE[key]} {first_id}",
+                             f"{name} {value!r} is {kind}{more}; read as the integer {as_integer(value)} "
+                             "and written back as one"))
+    if missing_crowd:
+        more = f" (and {len(missing_crowd) - 1} more)" if len(missing_crowd) > 1 else ""
+        notes.append(Problem("warning", f"annotation {missing_crowd[0]}",
+                             f"no 'iscrowd'{more}; taken as 0 and written out (COCOeval needs it)"))
+    return notes
 
 
 

@@ -5,6 +5,7 @@ Each converter returns what it made plus ``Loss`` notes for what the target form
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -15,13 +16,16 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..geometry import encode_rle, mask_to_outline, segmentation_to_mask
-from ..io.coco import segmentation_kind_safe
+from ..geometry.masks import finite_number
+from ..io.coco import CocoError, segmentation_kind_safe
+from .paths import safe_relative, with_suffix
 
 
 @dataclass
 class Losses:
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # about the whole output, not counted annotations
 
     def add(self, kind: str, ann_id: int) -> None:
         self.counts[kind] += 1
@@ -29,7 +33,7 @@ class Losses:
 
     def lines(self, target: str) -> list[str]:
         return [f"{target}: {n} annotation(s) {kind} (e.g. annotation {self.examples[kind]})"
-                for kind, n in sorted(self.counts.items())]
+                for kind, n in sorted(self.counts.items())] + [f"{target}: {note}" for note in self.notes]
 
 
 def _image_index(doc: dict) -> dict[int, dict]:
@@ -101,37 +105,97 @@ def to_polygon_coco(doc: dict) -> tuple[dict, Losses]:
     return out, losses
 
 
+def _area(ann: dict, img: dict) -> float:
+    """Pixels of the annotation's mask (its box for box-only ones): the LabelMe paint order."""
+    mask = _mask(ann, img)
+    if mask is not None:
+        return float(mask.sum())
+    bbox = ann.get("bbox") or [0, 0, 0, 0]
+    return float(bbox[2] * bbox[3])
+
+
+def _mask_shape(mask: np.ndarray, base: dict) -> dict:
+    """A LabelMe ``mask`` shape: the mask's bounding pixels as two corner points (inclusive, as
+    LabelMe pastes ``mask[y1:y2+1, x1:x2+1]``) and the crop as a base64 PNG."""
+    import base64
+
+    import cv2
+
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+    ok, png = cv2.imencode(".png", mask[y0 : y1 + 1, x0 : x1 + 1].astype(np.uint8) * 255)
+    if not ok:  # pragma: no cover - encoding a uint8 array does not fail
+        raise ValueError("could not encode a mask as PNG")
+    return {**base, "points": [[float(x0), float(y0)], [float(x1), float(y1)]], "shape_type": "mask",
+            "mask": base64.b64encode(png.tobytes()).decode("ascii")}
+
+
 def to_labelme(doc: dict, image_path_for: dict[int, str]) -> tuple[dict[int, dict], Losses]:
-    """One LabelMe document per image id: polygons grouped by annotation id, rectangles for boxes."""
+    """One LabelMe document per image id. Shapes are painted largest object first (LabelMe's
+    ``shapes_to_label`` paints in order, so a small object drawn before a large one would vanish);
+    an object's parts share its annotation id as ``group_id``; masks with holes become ``mask``
+    shapes (LabelMe >= 5.3); box-only annotations rectangles; a ``score`` is kept on every shape."""
     images = _image_index(doc)
     names = {c["id"]: c["name"] for c in doc.get("categories", [])}
     losses = Losses()
     per_image: dict[int, list] = {i: [] for i in images}
     for ann in doc["annotations"]:
         img = images[ann["image_id"]]
-        label = names.get(ann["category_id"], str(ann["category_id"]))
-        outline = _outline(ann, img)
+        base = {"label": str(names.get(ann["category_id"], ann["category_id"])), "group_id": ann["id"],
+                "flags": {}, "description": ""}
+        if "score" in ann and finite_number(ann["score"]):
+            base["score"] = float(ann["score"])
+            base["description"] = f"score {float(ann['score']):.3f}"
         if ann.get("iscrowd", 0):
-            losses.add("are crowd regions exported as ordinary polygons", ann["id"])
+            losses.add("are crowd regions exported as ordinary shapes", ann["id"])
+        outline = _outline(ann, img)
         if outline is None:
             x, y, w, h = ann["bbox"]
-            per_image[img["id"]].append({"label": label, "points": [[x, y], [x + w, y + h]], "group_id": ann["id"],
-                                         "shape_type": "rectangle", "flags": {}, "description": ""})
-            continue
-        polygons, holes = outline
-        if holes:
-            losses.add("lose their holes (LabelMe polygons cannot subtract)", ann["id"])
-        for poly in polygons:
-            pts = [[poly[i], poly[i + 1]] for i in range(0, len(poly), 2)]
-            per_image[img["id"]].append({"label": label, "points": pts, "group_id": ann["id"],
-                                         "shape_type": "polygon", "flags": {}, "description": ""})
+            shapes = [{**base, "points": [[x, y], [x + w, y + h]], "shape_type": "rectangle"}]
+        elif outline[1]:  # holes: polygons would fill them
+            mask = _mask(ann, img)
+            shapes = [_mask_shape(mask, base)] if mask.any() else []
+        else:
+            shapes = [{**base, "points": [[poly[i], poly[i + 1]] for i in range(0, len(poly), 2)],
+                       "shape_type": "polygon"} for poly in outline[0]]
+        per_image[img["id"]].append((-_area(ann, img), len(per_image[img["id"]]), shapes))
     docs = {}
-    for img_id, shapes in per_image.items():
+    for img_id, objects in per_image.items():
         img = images[img_id]
+        shapes = [shape for _, _, group in sorted(objects, key=lambda o: o[:2]) for shape in group]
         docs[img_id] = {"version": "5.4.1", "flags": {}, "shapes": shapes,
                         "imagePath": image_path_for.get(img_id, img["file_name"]), "imageData": None,
                         "imageHeight": img["height"], "imageWidth": img["width"]}
     return docs, losses
+
+
+def labelme_files(doc: dict, images_dir: Path | None, out_dir: Path) -> tuple[dict[str, dict], Losses]:
+    """``{JSON path under out_dir: LabelMe document}``: the images' folders mirrored, each
+    ``imagePath`` relative to its JSON. Without ``images_dir`` the image is taken to sit beside its
+    JSON (LabelMe's own layout), noted in the losses."""
+    targets = {im["id"]: with_suffix(im["file_name"], ".json", f"image {im['id']}") for im in doc["images"]}
+    paths = {}
+    for im in doc["images"]:
+        rel = safe_relative(im["file_name"], f"image {im['id']}")
+        if images_dir is None:
+            paths[im["id"]] = rel.name
+        else:
+            paths[im["id"]] = Path(os.path.relpath(images_dir / rel, out_dir / targets[im["id"]].parent)).as_posix()
+    docs, losses = to_labelme(doc, paths)
+    if images_dir is None and doc["images"]:
+        losses.notes.append("no --images: each imagePath assumes the image sits beside its JSON (LabelMe's own "
+                            "layout); pass --images DIR to point at the images instead")
+    _check_unique(targets, "LabelMe JSON")
+    return {str(targets[i]): d for i, d in docs.items()}, losses
+
+
+def _check_unique(targets: dict[int, PurePosixPath], what: str) -> None:
+    seen: dict[PurePosixPath, int] = {}
+    for image_id, t in targets.items():
+        if t in seen:
+            raise CocoError(f"image {image_id}: its {what} {t} would overwrite image {seen[t]}'s; "
+                            "file names must differ after the suffix")
+        seen[t] = image_id
 
 
 def _ring_area(poly: list[float]) -> float:
@@ -139,16 +203,58 @@ def _ring_area(poly: list[float]) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
+def join_rings(rings: list[list[float]]) -> list[float]:
+    """The parts of one object as ONE ring, the way YOLO-seg keeps multi-part objects: parts are
+    visited in order, each entered and left at its vertices closest to the next part, and the
+    bridges are walked there and back (zero width), so the rasterised ring covers every part."""
+    pts = [np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in rings if len(r) >= 6]
+    if len(pts) <= 1:
+        return [float(v) for v in pts[0].reshape(-1)] if pts else []
+    exits, entries = [0] * len(pts), [0] * len(pts)
+    for i in range(len(pts) - 1):
+        d = ((pts[i][:, None, :] - pts[i + 1][None, :, :]) ** 2).sum(-1)
+        a, b = np.unravel_index(int(d.argmin()), d.shape)
+        exits[i], entries[i + 1] = int(a), int(b)
+    entries[0] = exits[0]
+    forward, back = [], []
+    for i, ring in enumerate(pts):
+        n, e = len(ring), entries[i]
+        if i == len(pts) - 1:
+            forward += [ring[(e + k) % n] for k in range(n + 1)]
+            continue
+        steps = (exits[i] - e) % n
+        forward += [ring[(e + k) % n] for k in range(steps + 1)]
+        back.append([ring[(exits[i] + k) % n] for k in range(n - steps + 1)])
+    out = forward + [p for seg in reversed(back) for p in seg]
+    return [float(v) for p in out for v in p]
+
+
+# LabelMe-to-COCO converters add these as categories that are not objects
+PLACEHOLDER_CATEGORIES = ("__ignore__", "_background_")
+
+
+def yolo_classes(doc: dict) -> list[dict]:
+    """The categories that become YOLO classes, in id order (placeholders left out)."""
+    return [c for c in sorted(doc.get("categories", []), key=lambda c: c["id"])
+            if str(c.get("name")) not in PLACEHOLDER_CATEGORIES]
+
+
 def to_yolo_seg(doc: dict) -> tuple[dict[int, str], list[str], Losses]:
-    """Per image id the label text (``class x1 y1 ...`` normalised), and the class names in order."""
+    """Per image id the label text (``class x1 y1 ...`` normalised), and the class names in order.
+
+    Classes are the categories in id order (``names`` index = line class); a multi-part object is one
+    ring (``join_rings``); holes cannot be kept; placeholder categories are no class."""
     images = _image_index(doc)
-    cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
+    cats = yolo_classes(doc)
     index = {c["id"]: i for i, c in enumerate(cats)}
     losses = Losses()
     lines: dict[int, list[str]] = {i: [] for i in images}
     for ann in doc["annotations"]:
         if ann.get("iscrowd", 0):
             losses.add("are crowd regions, left out", ann["id"])
+            continue
+        if ann["category_id"] not in index:
+            losses.add(f"belong to a placeholder category ({', '.join(PLACEHOLDER_CATEGORIES)}), left out", ann["id"])
             continue
         img = images[ann["image_id"]]
         outline = _outline(ann, img)
@@ -159,19 +265,46 @@ def to_yolo_seg(doc: dict) -> tuple[dict[int, str], list[str], Losses]:
             polygons, holes = outline
             if holes:
                 losses.add("lose their holes (one ring per instance)", ann["id"])
-            if len(polygons) > 1:
-                losses.add("have several parts; only the largest is kept", ann["id"])
             if not polygons:
                 continue
-            ring = max(polygons, key=_ring_area)
+            ring = join_rings(sorted(polygons, key=_ring_area, reverse=True))
         w, h = img["width"], img["height"]
         coords = [min(max(v / (w if k % 2 == 0 else h), 0.0), 1.0) for k, v in enumerate(ring)]
         lines[img["id"]].append(" ".join([str(index[ann["category_id"]])] + [f"{c:.6f}" for c in coords]))
     return {i: "\n".join(v) + ("\n" if v else "") for i, v in lines.items()}, [c["name"] for c in cats], losses
 
 
-def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool) -> None:
-    """Write ``{relative name: text}`` into a new folder that replaces ``out_dir`` in one rename."""
+def yolo_dataset(doc: dict, images_dir: Path | None) -> tuple[dict[str, str], dict[str, Path], Losses]:
+    """An Ultralytics dataset: ``data.yaml``, ``labels/`` mirroring the images' folders and, with
+    ``images_dir``, ``images/`` (files to copy: ``{relative path: source}``)."""
+    texts, names, losses = to_yolo_seg(doc)
+    if not names:
+        raise CocoError("no categories to make YOLO classes of; a YOLO dataset needs at least one")
+    files: dict[str, str] = {}
+    copies: dict[str, Path] = {}
+    labels = {im["id"]: with_suffix(im["file_name"], ".txt", f"image {im['id']}") for im in doc["images"]}
+    _check_unique(labels, "YOLO label file")
+    for im in doc["images"]:
+        rel = safe_relative(im["file_name"], f"image {im['id']}")
+        files[f"labels/{labels[im['id']]}"] = texts[im["id"]]
+        if images_dir is not None:
+            src = images_dir / rel
+            if not src.is_file():
+                raise CocoError(f"image {im['id']}: {src} not found; --images must hold the dataset's file_names")
+            copies[f"images/{rel}"] = src
+    if images_dir is None and doc["images"]:
+        losses.notes.append("no --images: labels/ written without images/; pass --images DIR to add the images "
+                            "(hard-linked or copied) as Ultralytics expects")
+    yaml_names = "\n".join(f"  {i}: {json.dumps(str(n), ensure_ascii=False)}" for i, n in enumerate(names))
+    files["data.yaml"] = ("# YOLO-seg dataset written by `refinemask export --to yolo-seg`.\n"
+                          "# train and val are the same images; point them at your own split as needed.\n"
+                          f"train: images\nval: images\nnc: {len(names)}\nnames:\n{yaml_names}\n")
+    return files, copies, losses
+
+
+def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool, copies: dict[str, Path] | None = None) -> None:
+    """Write ``{relative name: text}`` (and ``copies``: ``{relative name: source file}``, hard-linked
+    where the file system allows, else copied) into a new folder that replaces ``out_dir`` in one rename."""
     if out_dir.exists() and not overwrite:
         raise ValueError(f"{out_dir} exists; pass --overwrite to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +314,13 @@ def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool) -> N
             p = tmp / name
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text, encoding="utf-8")
+        for name, src in (copies or {}).items():
+            p = tmp / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, p)
+            except OSError:
+                shutil.copy2(src, p)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -194,21 +334,5 @@ def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool) -> N
         raise
 
 
-def stem_names(doc: dict) -> dict[int, str]:
-    """A unique file stem per image (its file name's stem; the image id is added on a clash)."""
-    stems: dict[int, str] = {}
-    seen: Counter = Counter(PurePosixPath(im["file_name"]).stem for im in doc["images"])
-    for im in doc["images"]:
-        stem = PurePosixPath(im["file_name"]).stem
-        stems[im["id"]] = stem if seen[stem] == 1 else f"{stem}_{im['id']}"
-    return stems
-
-
-def relative_image_path(file_name: str, images_dir: Path | None, out_dir: Path) -> str:
-    if images_dir is None:
-        return file_name
-    return os.path.relpath(images_dir / file_name, out_dir)
-
-
-__all__ = ["to_coco_results", "to_polygon_coco", "to_labelme", "to_yolo_seg", "write_dir_atomic",
-           "stem_names", "relative_image_path", "Losses"]
+__all__ = ["to_coco_results", "to_polygon_coco", "to_labelme", "labelme_files", "to_yolo_seg", "yolo_dataset",
+           "join_rings", "write_dir_atomic", "Losses"]

@@ -57,13 +57,16 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def fingerprint(input_json: Path, weights_sha: str, options: RefineOptions, runtime: str = "") -> str:
-    """What decides a run's exact output: the input file (hashed in 1 MiB blocks, never held whole),
-    the weights, the options and the runtime (device kind, precision, batch size)."""
+def fingerprint(input_json: Path | bytes, weights_sha: str, options: RefineOptions, runtime: str = "") -> str:
+    """What decides a run's exact output: the input file (hashed in 1 MiB blocks, never held whole;
+    or the given bytes), the weights, the options and the runtime (device kind, precision, batch size)."""
     h = hashlib.sha256()
-    with open(input_json, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    if isinstance(input_json, bytes):
+        h.update(input_json)
+    else:
+        with open(input_json, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     h.update(weights_sha.encode())
     h.update(json.dumps(asdict(options), sort_keys=True).encode())
     h.update(runtime.encode())

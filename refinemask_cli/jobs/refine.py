@@ -25,6 +25,7 @@ from .pipeline import batch_groups, run_pipeline
 
 PROMPTS = ("auto", "box", "mask")
 FORMATS = ("polygon", "rle")
+CROWD = ("keep", "refine")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class RefineOptions:
     passes: int = RefineSettings.passes
     min_area: float = 64.0
     zoom_max_size: int = RefineSettings.zoom_max_size
+    # crowd annotations: "keep" passes them through; "refine" refines their masks like any other
+    # and writes them as single objects (iscrowd 0): CVAT exports brush masks as crowd RLE
+    crowd: str = "keep"
 
     @property
     def settings(self) -> RefineSettings:
@@ -52,6 +56,8 @@ class RefineOptions:
         self.settings  # validates mode, zoom size and passes
         if self.min_area < 0:
             raise ValueError("--min-area must be >= 0 pixels")
+        if self.crowd not in CROWD:
+            raise ValueError(f"crowd must be one of {CROWD}")
         if self.prompt not in PROMPTS:
             raise ValueError(f"prompt must be one of {PROMPTS}")
         if self.output_format not in FORMATS:
@@ -79,6 +85,7 @@ class RefineStats:
     images: int = 0
     annotations: int = 0
     crowd_skipped: int = 0
+    crowd_refined: int = 0
     kept_input: int = 0
     by_prompt: dict[str, int] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
@@ -160,7 +167,7 @@ def validate_for_refine(doc: dict, images_dir: Path, options: RefineOptions) -> 
         raise CocoError(f"{problem}")
     per_image: dict[int, list[dict]] = {}
     for ann in doc["annotations"]:
-        if ann.get("iscrowd", 0):
+        if ann.get("iscrowd", 0) and options.crowd == "keep":
             continue
         annotation_prompt(ann, options.prompt)  # raises for --prompt mask without a mask
         per_image.setdefault(ann["image_id"], []).append(ann)
@@ -224,6 +231,9 @@ def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: Ref
         else:
             fields, enc_flags = encode_output(refined, h, w, options.output_format, options.simplify)
             flags += enc_flags
+            if ann.get("iscrowd", 0):
+                fields["iscrowd"] = 0
+                flags.append("crowd-refined")
         report = ReportRow(
             annotation_id=ann["id"], image_id=info["id"], category_id=ann["category_id"], prompt=prompt,
             iou_input_output=round(iou, 6), area_input=float(reference.area),
@@ -273,7 +283,8 @@ def refine_dataset(
     """
     per_image = validate_for_refine(doc, images_dir, options)
     labels = model_labels(doc, predictor)
-    stats = RefineStats(crowd_skipped=sum(1 for a in doc["annotations"] if a.get("iscrowd", 0)))
+    stats = RefineStats(crowd_skipped=sum(1 for a in doc["annotations"] if a.get("iscrowd", 0))
+                        if options.crowd == "keep" else 0)
     done: dict[int, list[dict]] = journal.load() if (journal and resume and journal.exists()) else {}
     if journal and not done:
         journal.start()
@@ -335,6 +346,8 @@ def refine_dataset(
                 stats.flags[flag] = stats.flags.get(flag, 0) + 1
             if "kept-input" in rep["flags"]:
                 stats.kept_input += 1
+            if "crowd-refined" in rep["flags"]:
+                stats.crowd_refined += 1
             rows.append(rep)
     # a shallow copy: unchanged annotations are shared with the input, refined ones are new dicts
     # whose keys keep their order (segmentation/area/bbox replaced in place, added at the end if absent)

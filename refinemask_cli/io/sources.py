@@ -1,0 +1,305 @@
+"""Annotation inputs besides COCO, read into a COCO document in memory: a LabelMe folder (one JSON
+per image) and a YOLO-seg dataset (``data.yaml`` with ``images/`` and ``labels/``).
+
+``load_annotations(path)`` takes any of the three and returns the document and the folder its
+``file_name``s are relative to. Ids are given in sorted path order (images) and file order
+(annotations), so the same input always gives the same document.
+
+- LabelMe: shapes with the same ``label`` and ``group_id`` are one object (a ``group_id`` of null is
+  an object of its own); polygons become COCO polygons, rectangles box-only annotations (a box
+  prompt for ``refine``), masks RLE; circles, lines and points are left out with a warning.
+  Categories are the labels in sorted order, ids from 1.
+- YOLO-seg: ``class x1 y1 x2 y2 ...`` (normalised) lines become polygons, ``class cx cy w h``
+  lines box-only annotations; category ``id = class + 1`` with the name from ``names``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..geometry import encode_rle, mask_bbox
+from .coco import CocoError, Problem, read_coco
+from .images import SUFFIXES, ImageReadError, read_image
+
+KINDS = ("coco", "labelme", "yolo")
+
+
+def detect_kind(path: Path) -> str:
+    if path.is_file():
+        return "yolo" if path.suffix.lower() in (".yaml", ".yml") else "coco"
+    if path.is_dir():
+        if (path / "data.yaml").is_file() or (path / "data.yml").is_file():
+            return "yolo"
+        if any(path.rglob("*.json")):
+            return "labelme"
+        raise CocoError(f"{path}: neither a LabelMe folder (*.json) nor a YOLO dataset (data.yaml)")
+    raise CocoError(f"{path}: file not found")
+
+
+def load_annotations(path: str | Path, notes: list | None = None) -> tuple[dict, Path | None, str]:
+    """``(COCO document, images folder or None, kind)`` for a COCO file, LabelMe folder or YOLO dataset.
+
+    For COCO the images folder is None (the user names it); the others carry their own images."""
+    p = Path(path)
+    kind = detect_kind(p)
+    notes = notes if notes is not None else []
+    if kind == "coco":
+        return read_coco(p, notes), None, kind
+    if kind == "labelme":
+        return read_labelme_folder(p, notes), p, kind
+    yaml_file = p if p.is_file() else next(f for f in (p / "data.yaml", p / "data.yml") if f.is_file())
+    doc, root = read_yolo_dataset(yaml_file, notes)
+    return doc, root, kind
+
+
+# -- LabelMe ------------------------------------------------------------------------------------
+def _labelme_image(json_path: Path, raw: dict, root: Path) -> tuple[str, int, int]:
+    """The image's file name relative to ``root`` and its size, checked."""
+    image_path = raw.get("imagePath")
+    if not isinstance(image_path, str) or not image_path:
+        raise CocoError(f"{json_path}: no imagePath; LabelMe files name their image")
+    target = (json_path.parent / PureWindowsPath(image_path).as_posix()).resolve()
+    try:
+        rel = target.relative_to(root.resolve())
+    except ValueError:
+        raise CocoError(f"{json_path}: imagePath {image_path!r} lies outside {root}; keep the images inside "
+                        "the LabelMe folder") from None
+    h, w = raw.get("imageHeight"), raw.get("imageWidth")
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        try:
+            h, w = read_image(target).shape[:2]
+        except ImageReadError as e:
+            raise CocoError(f"{json_path}: no imageHeight/imageWidth and the image cannot be read ({e})") from None
+    return PurePosixPath(rel).as_posix(), int(h), int(w)
+
+
+def _decode_png_b64(text: str) -> np.ndarray:
+    data = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError("mask is not a base64 PNG")
+    return (img if img.ndim == 2 else img[..., 0]) > 0
+
+
+def _points(shape: dict, json_path: Path) -> np.ndarray:
+    pts = shape.get("points")
+    try:
+        arr = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise CocoError(f"{json_path}: shape {shape.get('label')!r} has points that are not [x, y] pairs") from None
+    if not np.isfinite(arr).all():
+        raise CocoError(f"{json_path}: shape {shape.get('label')!r} has non-finite points")
+    return arr
+
+
+def read_labelme_folder(folder: Path, notes: list) -> dict:
+    files = sorted(f for f in folder.rglob("*.json") if f.is_file())
+    images, anns, labels = [], [], set()
+    objects: list[tuple[int, str, list[dict], Path]] = []
+    skipped: dict[str, int] = {}
+    for json_path in files:
+        try:
+            raw = json.loads(json_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CocoError(f"{json_path}: not a readable LabelMe JSON ({e})") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("shapes"), list):
+            raise CocoError(f"{json_path}: not a LabelMe file (no 'shapes' list)")
+        file_name, h, w = _labelme_image(json_path, raw, folder)
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+        groups: dict[tuple, list[dict]] = {}
+        for k, shape in enumerate(raw["shapes"]):
+            if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
+                raise CocoError(f"{json_path}: shape #{k} has no label")
+            kind = shape.get("shape_type") or "polygon"
+            if kind not in ("polygon", "rectangle", "mask"):
+                skipped[kind] = skipped.get(kind, 0) + 1
+                continue
+            gid = shape.get("group_id")
+            key = (shape["label"], gid) if gid is not None else (shape["label"], None, k)
+            groups.setdefault(key, []).append(shape)
+        for key, shapes in groups.items():
+            labels.add(key[0])
+            objects.append((image_id, key[0], shapes, json_path))
+    if skipped:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
+        notes.append(Problem("warning", "file", f"LabelMe shapes left out (not areas): {kinds}"))
+    cat_ids = {name: i + 1 for i, name in enumerate(sorted(labels))}
+    sizes = {im["id"]: (im["height"], im["width"]) for im in images}
+    for image_id, label, shapes, json_path in objects:
+        ann = _labelme_object(shapes, sizes[image_id], json_path)
+        if ann is not None:
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_ids[label], "iscrowd": 0,
+                         **ann})
+    if not images:
+        raise CocoError(f"{folder}: no LabelMe JSON files found")
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": i, "name": n, "supercategory": ""} for n, i in cat_ids.items()]}
+
+
+def _labelme_object(shapes: list[dict], size: tuple[int, int], json_path: Path) -> dict[str, Any] | None:
+    """COCO fields of one object made of LabelMe shapes (polygons and masks joined as one mask)."""
+    h, w = size
+    polys = [s for s in shapes if (s.get("shape_type") or "polygon") == "polygon"]
+    masks = [s for s in shapes if s.get("shape_type") == "mask"]
+    rects = [s for s in shapes if s.get("shape_type") == "rectangle"]
+    if not polys and not masks:  # box only
+        pts = np.concatenate([_points(s, json_path) for s in rects])
+        x0, y0 = pts.min(axis=0)
+        x1, y1 = pts.max(axis=0)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return {"bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "area": float((x1 - x0) * (y1 - y0))}
+    rings = []
+    for s in polys:
+        pts = _points(s, json_path)
+        if len(pts) >= 3:
+            rings.append([round(float(v), 2) for v in pts.reshape(-1)])
+    if not masks:
+        if not rings:
+            return None
+        from ..geometry import segmentation_to_mask
+
+        m = segmentation_to_mask(rings, h, w)
+        return {"segmentation": rings, "bbox": mask_bbox(m), "area": float(m.sum())}
+    full = np.zeros((h, w), dtype=bool)
+    if rings:
+        from ..geometry import segmentation_to_mask
+
+        full |= segmentation_to_mask(rings, h, w)
+    for s in masks:
+        pts = _points(s, json_path)
+        try:
+            crop = _decode_png_b64(s.get("mask") or "")
+        except (ValueError, TypeError):
+            raise CocoError(f"{json_path}: mask shape {s.get('label')!r} has no readable base64 PNG mask") from None
+        x0, y0 = (int(v) for v in np.floor(pts.min(axis=0)))
+        ch, cw = crop.shape
+        ys, xs = slice(max(y0, 0), min(y0 + ch, h)), slice(max(x0, 0), min(x0 + cw, w))
+        full[ys, xs] |= crop[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+    if not full.any():
+        return None
+    return {"segmentation": encode_rle(full), "bbox": mask_bbox(full), "area": float(full.sum())}
+
+
+# -- YOLO-seg -----------------------------------------------------------------------------------
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CocoError(f"{path}: not readable YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CocoError(f"{path}: expected a mapping with 'names' and 'train'/'val'")
+    return data
+
+
+def yolo_names(data: dict, path: Path) -> list[str]:
+    names = data.get("names")
+    if isinstance(names, dict):
+        try:
+            order = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise CocoError(f"{path}: 'names' keys must be class indices 0..n-1") from None
+        if order != list(range(len(order))):
+            raise CocoError(f"{path}: 'names' must number the classes 0..{len(order) - 1} without gaps")
+        return [str(names[k] if k in names else names[str(k)]) for k in order]
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if isinstance(data.get("nc"), int):
+        return [f"class_{i}" for i in range(data["nc"])]
+    raise CocoError(f"{path}: no 'names' (or 'nc'); a YOLO data.yaml lists its classes")
+
+
+def _image_folders(data: dict, root: Path, path: Path) -> list[Path]:
+    folders = []
+    for split in ("train", "val", "test"):
+        value = data.get(split)
+        for entry in (value if isinstance(value, list) else [value] if value else []):
+            p = Path(str(entry))
+            p = p if p.is_absolute() else root / p
+            if p.suffix == ".txt":
+                raise CocoError(f"{path}: {split} is a list file ({p.name}); give image folders")
+            if p not in folders:
+                folders.append(p)
+    if not folders:
+        raise CocoError(f"{path}: no train/val image folders")
+    return folders
+
+
+def label_path_for(image: Path) -> Path:
+    """Ultralytics' rule: the last ``/images/`` of the path becomes ``/labels/``, suffix ``.txt``."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    return image.with_suffix(".txt")
+
+
+def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
+    data = _read_yaml(yaml_file)
+    names = yolo_names(data, yaml_file)
+    root = Path(str(data["path"])) if data.get("path") else yaml_file.parent
+    if not root.is_absolute():
+        root = yaml_file.parent / root
+    images, anns = [], []
+    seen: set[Path] = set()
+    for folder in _image_folders(data, root, yaml_file):
+        if not folder.is_dir():
+            raise CocoError(f"{yaml_file}: image folder {folder} not found")
+        for img_path in sorted(f for f in folder.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file()):
+            if img_path in seen:
+                continue
+            seen.add(img_path)
+            try:
+                h, w = read_image(img_path).shape[:2]
+            except ImageReadError as e:
+                raise CocoError(f"{img_path}: {e}") from None
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": img_path.relative_to(root).as_posix(), "width": w, "height": h})
+            label_file = label_path_for(img_path)
+            if not label_file.is_file():
+                continue
+            for line_no, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                ann = _yolo_line(line, w, h, len(names), f"{label_file}:{line_no}")
+                anns.append({"id": len(anns) + 1, "image_id": image_id, "iscrowd": 0, **ann})
+    if not images:
+        raise CocoError(f"{yaml_file}: no images found under the train/val folders")
+    cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(names)]
+    return {"images": images, "annotations": anns, "categories": cats}, root
+
+
+def _yolo_line(line: str, w: int, h: int, n_classes: int, where: str) -> dict:
+    fields = line.split()
+    try:
+        cls = int(fields[0])
+        values = [float(v) for v in fields[1:]]
+    except ValueError:
+        raise CocoError(f"{where}: not 'class x y ...' numbers") from None
+    if not 0 <= cls < n_classes:
+        raise CocoError(f"{where}: class {cls} is not in data.yaml's {n_classes} names")
+    if not all(np.isfinite(values)):
+        raise CocoError(f"{where}: non-finite coordinates")
+    if len(values) == 4:  # a detection box: cx cy w h
+        cx, cy, bw, bh = values
+        box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+        return {"category_id": cls + 1, "bbox": [round(v, 3) for v in box], "area": round(box[2] * box[3], 3)}
+    if len(values) < 6 or len(values) % 2:
+        raise CocoError(f"{where}: a polygon needs an even number (>= 6) of coordinates, got {len(values)}")
+    pts = np.asarray(values).reshape(-1, 2) * [w, h]
+    ring = [round(float(v), 2) for v in pts.reshape(-1)]
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    x, y = pts[:, 0], pts[:, 1]
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    return {"category_id": cls + 1, "segmentation": [ring], "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+            "area": round(area, 3)}

