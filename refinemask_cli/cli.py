@@ -5,6 +5,7 @@ Exit codes: 0 ok; 1 bad input or weights (one line on stderr; ``--debug`` for th
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              show_default=True, help="Where the model runs.")
 precision_option = click.option(
     "--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-    help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16 is ~1.6x faster on CPUs with bfloat16 instructions.")
+    help="auto: fp32 (fp16 autocast measured slower on CUDA with varying image sizes); bf16 is ~1.6x faster on CPUs with bfloat16 instructions.")
 
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=None,
@@ -57,11 +58,12 @@ def settings_overrides(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def make_predictor(weights: Path | None, device: str, precision: str = "auto", batch_size: int | None = None):
+def make_predictor(weights: Path | None, device: str, precision: str = "auto", batch_size: int | None = None,
+                   task: str = "refine"):
     from .predictor import Predictor
     from .weights.checkpoint import load_model, resolve_weights
 
-    model, ckpt = load_model(resolve_weights(weights))
+    model, ckpt = load_model(resolve_weights(weights, task))
     return Predictor(model, device=device, precision=precision, batch_size=batch_size), ckpt
 
 
@@ -222,9 +224,13 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
     from .io.coco import dumps, write_json_atomic, write_text_atomic
     from .io.lock import output_lock
     from .jobs import refine as job
+    from .jobs.shard import current_shard
     from .jobs.vis import check_overlay_paths, overlay_path, write_overlay
 
-    with output_lock(output):  # one run per output: a second one stops at once
+    # under torchrun: each rank refines its share of the batches, rank 0 writes (see jobs/shard.py)
+    shard = current_shard()
+    # one run per output: a second one stops at once (rank 0 holds the lock for all ranks)
+    with output_lock(output) if shard.is_main else contextlib.nullcontext():
         refuse_overwrite(output, overwrite)
         if report:
             refuse_overwrite(report, overwrite)
@@ -244,7 +250,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         predictor, ckpt = make_predictor(weights, device, precision, batch_size)
         # a folder input (LabelMe, YOLO) is fingerprinted by the document read from it
         source = input_json if input_json.is_file() else dumps(doc).encode()
-        journal = job.Journal(output, job.fingerprint(source, ckpt["sha256"], options, predictor.runtime))
+        journal = job.Journal(output, job.fingerprint(source, ckpt["sha256"], options, predictor.runtime + shard.suffix),
+                              shard.suffix)
         if journal.exists() and not resume:
             if not overwrite:
                 raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
@@ -261,7 +268,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
                 after = [{**a, **(r["fields"] or {})} for a, r in zip(before, results)]
                 write_overlay(overlay_path(vis_dir, info), image, before, after)
 
-        with progress(n_images) as bar:
+        with progress(n_images, show=shard.is_main) as bar:
             task = bar.add_task("refine", total=n_images, instances=0, rate=0.0)
 
             def on_image(n, k):
@@ -270,11 +277,15 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
                 bar.update(task, advance=n, instances=state["instances"], rate=rate)
 
             out, rows, stats = job.refine_dataset(doc, images_dir, predictor, options, journal, resume, on_image,
-                                                  on_result)
-        write_json_atomic(out, output, overwrite=True)
-        if report:
-            write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
+                                                  on_result, shard)
+        if shard.is_main:
+            write_json_atomic(out, output, overwrite=True)
+            if report:
+                write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
+        shard.barrier()  # the journals go only once the output is written
         journal.remove()
+        if not shard.is_main:
+            return
         elapsed = time.perf_counter() - state["t0"]
         ious = [r["iou_input_output"] for r in rows]
         table_rows = [
@@ -364,10 +375,13 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
         entries = job.like_entries(like, images_dir)
     else:
         entries = job.folder_entries(images_dir)
-    predictor, ckpt = make_predictor(weights, device, precision, batch_size)
+    from .jobs.shard import current_shard
+
+    shard = current_shard()  # under torchrun: each rank predicts its share, rank 0 writes
+    predictor, ckpt = make_predictor(weights, device, precision, batch_size, task="predict")
     meta = ckpt.get("meta", {})
-    if detector_trained(meta) is False:
-        warn(f"{resolve_weights(weights)}: these weights' detector (RPN and box head) was never trained, so the "
+    if detector_trained(meta) is False and shard.is_main:
+        warn(f"{resolve_weights(weights, 'predict')}: these weights' detector (RPN and box head) was never trained, so the "
              "boxes are noise; use weights with a trained detector (`refinemask train --mode detector`)")
     settings = PredictSettings.for_weights(meta, score_threshold=score_threshold, max_detections=max_detections)
     if like is not None:
@@ -382,7 +396,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
         if vis_dir is not None:
             write_overlay(overlay_path(vis_dir, info), image, [], anns)
 
-    with progress(len(entries)) as bar:
+    with progress(len(entries), show=shard.is_main) as bar:
         task = bar.add_task("predict", total=len(entries), instances=0, rate=0.0)
 
         def on_image(n, k):
@@ -390,7 +404,9 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
             bar.update(task, advance=n, instances=count["n"], rate=count["n"] / max(time.perf_counter() - t0, 1e-9))
 
         doc = job.predict_entries(entries, predictor, settings, categories, category_ids, output_format, simplify,
-                                  on_image, on_result)
+                                  on_image, on_result, shard)
+    if not shard.is_main:
+        return
     losses = None
     if fmt == "coco":
         write_json_atomic(doc, output, overwrite=True)

@@ -32,8 +32,9 @@ def is_tty() -> bool:
     return sys.stdout.isatty()
 
 
-def progress(total_images: int):
-    """A rich progress bar for images with an instances/s readout; silent when not on a terminal."""
+def progress(total_images: int, show: bool = True):
+    """A rich progress bar for images with an instances/s readout; silent when not on a terminal
+    (or not ``show``: the other ranks of a sharded run)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
@@ -44,7 +45,7 @@ def progress(total_images: int):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not console.is_terminal,
+        disable=not (show and console.is_terminal),
         transient=False,
     )
 

@@ -28,7 +28,7 @@ def test_cuda_defaults_and_batched_refine_match_cpu():
     model = build_model(tiny_config(num_classes=1, class_names=("obj",), class_agnostic="all"))
     img, mask, box = ellipse_scene()
     gpu = Predictor(model, device="cuda")
-    assert gpu.precision == "fp16" and gpu.batch_size == 4 and gpu.runtime == "cuda/fp16/batch4"
+    assert gpu.precision == "fp32" and gpu.batch_size == 4 and gpu.runtime == "cuda/fp32/batch4"
     items = [(img, box[None], None, None), (img[:, ::-1].copy(), box[None], None, [mask[:, ::-1]])]
     cpu_out = Predictor(model, device="cpu").refine_many(items)
     for precision in ("fp32", "fp16", "bf16"):

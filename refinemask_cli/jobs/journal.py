@@ -18,8 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class Journal:
     """Finished images, one JSON line each, beside the output; a torn last line is ignored."""
 
-    def __init__(self, output: Path, fingerprint: str):
-        self.path = output.with_name(output.name + ".journal")
+    def __init__(self, output: Path, fingerprint: str, suffix: str = ""):
+        self.path = output.with_name(output.name + ".journal" + suffix)  # suffix: one journal per rank
         self.fingerprint = fingerprint
 
     def exists(self) -> bool:

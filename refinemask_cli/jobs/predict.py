@@ -16,6 +16,7 @@ from ..predictor import Predictor, PredictSettings
 from .paths import safe_relative
 from .pipeline import batch_groups, run_pipeline
 from .refine import encode_output
+from .shard import Shard
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,18 @@ def predict_entries(
     simplify: float = 0.0,
     on_image: Callable[[int, int], None] | None = None,
     on_result: Callable[[dict, object, list[dict]], None] | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """A COCO dataset: the entries' images, one annotation (with ``score``) per detection.
 
     Runs on the shared pipeline: images read ahead, ``predictor.batch_size`` per forward pass,
-    polygons encoded while the next batch runs; annotation ids count from 1 in image order."""
-    images, annotations = [], []
+    polygons encoded while the next batch runs; annotation ids count from 1 in image order. With
+    ``shard``, this process predicts its share of the batches and every rank returns the whole."""
+    shard = shard or Shard()
+    done: dict[int, tuple[dict, list[dict]]] = {}  # entry index -> (image record, annotation fields)
 
-    def read(entry: Entry):
+    def read(item: tuple[int, Entry]):
+        _, entry = item
         image = read_image(entry.path)
         h, w = image.shape[:2]
         want = (entry.info.get("height", h), entry.info.get("width", w))
@@ -134,17 +139,26 @@ def predict_entries(
         return per_image
 
     def hand_on(items, per_image):
-        for (entry, image), fields in zip(items, per_image):
+        for ((index, entry), image), fields in zip(items, per_image):
             info = {**entry.info, "width": image.shape[1], "height": image.shape[0]}
-            images.append(info)
-            anns = [{"id": len(annotations) + k + 1, "image_id": info["id"], **f} for k, f in enumerate(fields)]
-            annotations.extend(anns)
+            anns = [{"image_id": info["id"], **f} for f in fields]
+            done[index] = (info, anns)
             if on_result:
                 on_result(info, image, anns)
             if on_image:
                 on_image(1, len(anns))
 
-    run_pipeline(batch_groups(entries, predictor.batch_size), read, forward, finish, hand_on)
+    groups = shard.take(batch_groups(list(enumerate(entries)), predictor.batch_size))
+    run_pipeline(groups, read, forward, finish, hand_on)
+    if shard.world > 1:
+        for part in shard.gather(done):
+            done.update(part)
+    images, annotations = [], []
+    for index in sorted(done):
+        info, anns = done[index]
+        images.append(info)
+        base = len(annotations)
+        annotations.extend([{"id": base + k + 1, **a} for k, a in enumerate(anns)])
     return {"info": {"description": "refinemask predict"}, "images": images, "annotations": annotations,
             "categories": categories}
 

@@ -22,6 +22,7 @@ from ..io.images import ImageReadError, read_image
 from ..predictor import InstanceMask, Predictor, RefineSettings
 from .journal import Journal, fingerprint
 from .pipeline import batch_groups, run_pipeline
+from .shard import Shard
 
 PROMPTS = ("auto", "box", "mask")
 FORMATS = ("polygon", "rle")
@@ -274,13 +275,18 @@ def refine_dataset(
     resume: bool = False,
     on_image: ProgressFn | None = None,
     on_result: Callable[[dict, np.ndarray, list[dict]], None] | None = None,
+    shard: Shard | None = None,
 ) -> tuple[dict, list[dict], RefineStats]:
     """The refined document, the report rows and counts. ``doc`` itself is not modified.
 
     A pipeline: worker threads read images and rasterise coarse masks ahead; the calling thread runs
     ``predictor.batch_size`` images per forward pass and pastes; one thread turns masks into
     polygons/RLE and report rows while the next batch runs. Results are handed on in document order.
+
+    With ``shard`` (several processes): this process refines its share of the batches (its own
+    journal holds them) and the results of all are gathered, so every rank returns the whole result.
     """
+    shard = shard or Shard()
     per_image = validate_for_refine(doc, images_dir, options)
     labels = model_labels(doc, predictor)
     stats = RefineStats(crowd_skipped=sum(1 for a in doc["annotations"] if a.get("iscrowd", 0))
@@ -289,9 +295,11 @@ def refine_dataset(
     if journal and not done:
         journal.start()
     infos = list(iter_images(doc, per_image))
-    groups = [g for g in batch_groups(infos, predictor.batch_size) if any(i["id"] not in done for i in g)]
+    # the shard is cut from the batches of the whole document, so resuming never moves an image
+    mine = shard.take(batch_groups(infos, predictor.batch_size))
+    groups = [g for g in mine if any(i["id"] not in done for i in g)]
     redo = {i["id"] for g in groups for i in g}
-    stats.resumed_images = sum(1 for i in infos if i["id"] in done and i["id"] not in redo)
+    stats.resumed_images = sum(1 for g in mine for i in g if i["id"] in done and i["id"] not in redo)
     # kept per image until the end: the new fields by annotation id and the report rows, nothing
     # else (the per-annotation result wrappers go to the journal and are dropped)
     new_fields: dict[int, dict] = {}
@@ -336,6 +344,11 @@ def refine_dataset(
         )
 
     run_pipeline(groups, load, forward, finish, hand_on)
+    if shard.world > 1:
+        parts = shard.gather((reports, new_fields, stats.resumed_images))
+        reports = {k: v for part in parts for k, v in part[0].items()}
+        new_fields = {k: v for part in parts for k, v in part[1].items()}
+        stats.resumed_images = sum(part[2] for part in parts)
     rows = []
     for info in infos:
         stats.images += 1

@@ -155,20 +155,30 @@ def load_state_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
 
 
 DEFAULT_WEIGHTS_NAME = "refinemask_mnv2_agnostic.pt"
+# the shipped default for `predict`: the same family with its detector trained and the whole
+# network fine-tuned on whole images (the refine default's detector is untrained, by design)
+PREDICT_WEIGHTS_NAME = "refinemask_mnv2_predict.pt"
+TASKS = ("refine", "predict")
 
 
-def default_weights_path() -> Path:
-    """``$REFINEMASK_WEIGHTS``, else the shipped default in the repository's ``weights/`` folder."""
+def default_weights_path(task: str = "refine") -> Path:
+    """``$REFINEMASK_WEIGHTS``, else the shipped default for ``task`` in the repository's ``weights/``
+    folder (``predict`` falls back to the refine default where its own file is absent)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     env = os.environ.get("REFINEMASK_WEIGHTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "weights" / DEFAULT_WEIGHTS_NAME
+    folder = Path(__file__).resolve().parents[2] / "weights"
+    if task == "predict" and (folder / PREDICT_WEIGHTS_NAME).is_file():
+        return folder / PREDICT_WEIGHTS_NAME
+    return folder / DEFAULT_WEIGHTS_NAME
 
 
-def resolve_weights(path: str | os.PathLike | None) -> Path:
+def resolve_weights(path: str | os.PathLike | None, task: str = "refine") -> Path:
     if path:
         return Path(path)
-    p = default_weights_path()
+    p = default_weights_path(task)
     if not p.is_file():
         raise WeightsError(f"no default weights at {p}; pass --weights PATH (see weights/README.md)")
     return p
