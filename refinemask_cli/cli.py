@@ -30,6 +30,10 @@ precision_option = click.option(
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=None,
     help="Images per forward pass (default: 1 on CPU, where batching measured slower; 4 on CUDA).")
+canvas_option = click.option(
+    "--canvas", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Pad whole-image batches to multiples of PX (>= the input's long side: one fixed canvas, "
+         "so fp16 on CUDA picks its kernels once; 0: multiples of 32).")
 
 
 def refine_settings_options(fn):
@@ -59,12 +63,12 @@ def settings_overrides(**values) -> dict:
 
 
 def make_predictor(weights: Path | None, device: str, precision: str = "auto", batch_size: int | None = None,
-                   task: str = "refine"):
+                   task: str = "refine", canvas: int = 0):
     from .predictor import Predictor
     from .weights.checkpoint import load_model, resolve_weights
 
     model, ckpt = load_model(resolve_weights(weights, task))
-    return Predictor(model, device=device, precision=precision, batch_size=batch_size), ckpt
+    return Predictor(model, device=device, precision=precision, batch_size=batch_size, canvas=canvas), ckpt
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -192,6 +196,7 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @device_option
 @precision_option
 @batch_size_option
+@canvas_option
 @click.option("--prompt", type=click.Choice(["auto", "box", "mask"]), default="auto", show_default=True,
               help="auto: the coarse mask where an annotation has one, else its box.")
 @click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True,
@@ -216,7 +221,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
            zoom_size: int | None, zoom_max_size: int | None, flip: bool | None, passes: int | None,
-           min_area: float | None, crowd: str) -> None:
+           min_area: float | None, crowd: str, canvas: int) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
     import time
 
@@ -247,7 +252,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
             warn(f"{input_json}: {note}")
         if vis_dir is not None:
             check_overlay_paths(doc)
-        predictor, ckpt = make_predictor(weights, device, precision, batch_size)
+        predictor, ckpt = make_predictor(weights, device, precision, batch_size, canvas=canvas)
         # a folder input (LabelMe, YOLO) is fingerprinted by the document read from it
         source = input_json if input_json.is_file() else dumps(doc).encode()
         journal = job.Journal(output, job.fingerprint(source, ckpt["sha256"], options, predictor.runtime + shard.suffix),
@@ -344,14 +349,15 @@ def read_input(path: Path, images_dir: Path | None, notes: list) -> tuple[dict, 
 @device_option
 @precision_option
 @batch_size_option
+@canvas_option
 @click.option("--vis-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write overlay PNGs of the predicted outlines here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @handle_errors
 def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | None, max_detections: int | None,
             like_json: Path | None, category: str | None, output_format: str, simplify: float,
-            weights: Path | None, device: str, precision: str, batch_size: int | None, vis_dir: Path | None,
-            overwrite: bool) -> None:
+            weights: Path | None, device: str, precision: str, batch_size: int | None, canvas: int,
+            vis_dir: Path | None, overwrite: bool) -> None:
     """Detect and segment every image in IMAGES_DIR; write COCO, COCO results or LabelMe."""
     import time
 
@@ -378,7 +384,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     from .jobs.shard import current_shard
 
     shard = current_shard()  # under torchrun: each rank predicts its share, rank 0 writes
-    predictor, ckpt = make_predictor(weights, device, precision, batch_size, task="predict")
+    predictor, ckpt = make_predictor(weights, device, precision, batch_size, task="predict", canvas=canvas)
     meta = ckpt.get("meta", {})
     if detector_trained(meta) is False and shard.is_main:
         warn(f"{resolve_weights(weights, 'predict')}: these weights' detector (RPN and box head) was never trained, so the "

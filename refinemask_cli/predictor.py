@@ -211,10 +211,12 @@ class Predictor:
     """
 
     def __init__(self, model: RefineMaskRCNN, device: str = "auto", precision: str = "auto",
-                 batch_size: int | None = None, paste_chunk: int = 32):
+                 batch_size: int | None = None, paste_chunk: int = 32, canvas: int = 0):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = inference_copy(model).to(self.device)
+        self.model.set_canvas(canvas)  # whole-image batches padded to multiples of it (0: of 32)
+        self.canvas = canvas
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         # images per forward pass: on CPU one (batching pads images to a common size and measured
@@ -228,7 +230,7 @@ class Predictor:
     @property
     def runtime(self) -> str:
         """What besides weights and inputs decides the exact output: device kind, precision, batch."""
-        return f"{self.device.type}/{self.precision}/batch{self.batch_size}"
+        return f"{self.device.type}/{self.precision}/batch{self.batch_size}" + (f"/canvas{self.canvas}" if self.canvas else "")
 
     @property
     def class_names(self) -> tuple[str, ...]:

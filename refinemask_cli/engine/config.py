@@ -77,6 +77,9 @@ class TrainConfig:
     # relative jitter of the crop margin
     zoom_crops: int = 2
     zoom_margin_jitter: float = 0.25
+    # pad every image batch to multiples of this many pixels (0: of 32); at least max_size: one fixed
+    # canvas, so AMP on CUDA compiles its kernels once instead of for every new batch shape
+    canvas: int = 0
     checkpoint_every: int = 500
     num_workers: int = 2
     log_every: int = 10
@@ -87,6 +90,8 @@ class TrainConfig:
             errors.append("at least one training dataset is needed (--train-json/--images or [[datasets]])")
         if self.mode not in TRAIN_MODES:
             errors.append(f"mode must be one of {', '.join(TRAIN_MODES)}, got {self.mode!r}")
+        if self.canvas and (self.canvas < 32 or self.canvas % 32):
+            errors.append("canvas must be 0 or a multiple of 32 pixels")
         if not 0 <= self.zoom_margin_jitter < 1:
             errors.append("zoom_margin_jitter must be in [0, 1)")
         for name in ("iters", "batch_size", "checkpoint_every", "log_every", "zoom_crops"):

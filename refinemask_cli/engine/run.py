@@ -140,6 +140,7 @@ def run_training(
     # a mask-mode run leaves the RPN and box head as they came
     detector_state = "trained" if cfg.mode != "mask" or init_detector else "untrained"
     model.transform.min_size = tuple(cfg.min_sizes)
+    model.set_canvas(cfg.canvas)
     if cfg.mode == "detector":
         for name, p in model.named_parameters():
             if not name.startswith(DETECTOR_MODULES):

@@ -289,10 +289,21 @@ class RefineMaskRCNN(nn.Module):
         return self.roi_heads.mask_losses(features, boxes, labels, inds, [t["masks"] for t in targets_t])
 
     def _normalized_batch(self, images: Sequence[torch.Tensor]) -> ImageList:
-        """Normalised and padded like the transform does, without resizing."""
+        """Normalised and padded to a multiple of 32, without resizing (zoom crops: one size per
+        batch already, so a larger canvas would only add work)."""
         imgs = [self.transform.normalize(im) for im in images]
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in imgs]
-        return ImageList(self.transform.batch_images(imgs, size_divisible=self.transform.size_divisible), sizes)
+        return ImageList(self.transform.batch_images(imgs, size_divisible=32), sizes)
+
+    def set_canvas(self, canvas: int = 0) -> None:
+        """Pad every whole-image batch to multiples of ``canvas`` pixels (0: of 32, the default).
+        With ``canvas`` at least the input's long side every batch has ONE shape, so kernels chosen
+        per shape (reduced precision on CUDA) are chosen once; smaller values give a few size buckets.
+        Padding is zeros after normalisation, at the right and bottom: boxes and masks away from those
+        edges are unchanged, near them within the network's border effects."""
+        if canvas and (canvas < 32 or canvas % 32):
+            raise ValueError(f"canvas must be 0 or a multiple of 32 pixels, got {canvas}")
+        self.transform.size_divisible = canvas or 32
 
     def _fill(self, like: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.transform.image_mean, dtype=torch.float32, device=like.device)
