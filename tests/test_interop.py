@@ -141,7 +141,7 @@ def test_yolo_export_passes_ultralytics_dataset_check(scene):
         assert Path(label).is_file() and len(Path(label).read_text().splitlines()) == 5
 
 
-def test_yolo_round_trip_and_validate_a_yolo_dataset(scene):
+def test_yolo_round_trip_and_validate_a_yolo_dataset(scene, monkeypatch):
     root, doc = scene
     assert run("export", root / "data.json", "--to", "yolo-seg", "-o", root / "yolo", "--images",
                root / "imgs").exit_code == 0
@@ -155,6 +155,10 @@ def test_yolo_round_trip_and_validate_a_yolo_dataset(scene):
         assert max((m & a).sum() / (m | a).sum() for a in after) > 0.95
     r = run("validate", root / "yolo")
     assert r.exit_code == 0, r.output
+    monkeypatch.chdir(root)  # relative paths, as a user types them
+    for given in ("yolo", "yolo/data.yaml"):
+        r = run("validate", given)
+        assert r.exit_code == 0, r.output
     (root / "yolo" / "labels" / "cam_a" / "frame_0001.txt").write_text("7 0.1 0.1 0.2 0.2 0.3 0.1\n")
     r = run("validate", root / "yolo")
     assert r.exit_code == 1 and "frame_0001.txt:1" in r.output and "class 7" in r.output

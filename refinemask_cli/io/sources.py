@@ -246,9 +246,10 @@ def label_path_for(image: Path) -> Path:
 def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
     data = _read_yaml(yaml_file)
     names = yolo_names(data, yaml_file)
-    root = Path(str(data["path"])) if data.get("path") else yaml_file.parent
-    if not root.is_absolute():
-        root = yaml_file.parent / root
+    root = yaml_file.parent
+    if data.get("path"):  # Ultralytics' dataset root; relative: to the YAML's folder here
+        given = Path(str(data["path"]))
+        root = given if given.is_absolute() else yaml_file.parent / given
     images, anns = [], []
     seen: set[Path] = set()
     for folder in _image_folders(data, root, yaml_file):
