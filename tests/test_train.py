@@ -141,3 +141,46 @@ def test_two_process_gloo_ends_with_identical_weights(tmp_path):
     init = torch.load(tmp_path / "rank0.pt", weights_only=True)
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 logs only
     assert init is not None
+
+
+def test_mask_rois_per_image_caps_the_mask_branch():
+    from refinemask_cli.model import build_model
+
+    from .helpers import ellipse_scene, image_tensor, tiny_config, to_target
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_classes=1, class_names=("o",), class_agnostic="all")).train()
+    seen = []
+    original = model.roi_heads.mask_losses
+
+    def spy(features, boxes, labels, inds, masks):
+        seen.append([len(b) for b in boxes])
+        return original(features, boxes, labels, inds, masks)
+
+    model.roi_heads.mask_losses = spy
+    img, mask, box = ellipse_scene()
+    batch = ([image_tensor(img)] * 2, [to_target(mask, box)] * 2)
+    model(*batch)
+    assert max(seen[-1]) > 3  # uncapped: many positive proposals around the one object
+    model.roi_heads.mask_rois_per_image = 3
+    losses = model(*batch)
+    assert seen[-1] == [3, 3] and torch.isfinite(sum(losses.values()))
+    with pytest.raises(ValueError, match="mask_rois_per_image"):
+        TrainConfig.from_dict({"datasets": [{"json": "a", "images": "b"}], "mask_rois_per_image": -1})
+
+
+def test_fine_tuning_a_checkpoint_keeps_its_architecture_classes_and_size(tmp_path):
+    """`train --init W.pt` on a dataset of other categories: a class-agnostic checkpoint stays
+    one-class at its own input size (no [model] table, no sizes given)."""
+    from refinemask_cli.weights import read_checkpoint
+
+    from .cocofix import tiny_weights
+
+    src = make_dataset(tmp_path, n_images=2)  # categories 3 and 7
+    init = tiny_weights(tmp_path / "init.pt", train_steps=1)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", str(init),
+                                  "--iters", "2", "--batch-size", "1", "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    before, after = read_checkpoint(init)["config"], read_checkpoint(out / "model_final.pt")["config"]
+    assert after == before  # one class "object", min_size 64, max_size 96

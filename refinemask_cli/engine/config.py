@@ -68,8 +68,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     amp: bool = False
     seed: int = 0
-    min_sizes: tuple[int, ...] = (800,)
-    max_size: int = 1333
+    # training input sizes (short side drawn from min_sizes, long side capped); None: the init
+    # checkpoint's own input size when fine-tuning one, else 800 / 1333
+    min_sizes: tuple[int, ...] | None = None
+    max_size: int | None = None
     flip: float = 0.5
     copy_paste: float = 0.0  # probability of pasting another image's instances into a sample
     box_jitter: float = 0.1  # mask mode: relative jitter of the GT boxes used as RoIs
@@ -77,6 +79,8 @@ class TrainConfig:
     # relative jitter of the crop margin
     zoom_crops: int = 2
     zoom_margin_jitter: float = 0.25
+    # full mode: at most this many positive RoIs per image train the mask branch (0: all of them)
+    mask_rois_per_image: int = 0
     # pad every image batch to multiples of this many pixels (0: of 32); at least max_size: one fixed
     # canvas, so AMP on CUDA compiles its kernels once instead of for every new batch shape
     canvas: int = 0
@@ -90,6 +94,8 @@ class TrainConfig:
             errors.append("at least one training dataset is needed (--train-json/--images or [[datasets]])")
         if self.mode not in TRAIN_MODES:
             errors.append(f"mode must be one of {', '.join(TRAIN_MODES)}, got {self.mode!r}")
+        if self.mask_rois_per_image < 0:
+            errors.append("mask_rois_per_image must be >= 0 (0: all)")
         if self.canvas and (self.canvas < 32 or self.canvas % 32):
             errors.append("canvas must be 0 or a multiple of 32 pixels")
         if not 0 <= self.zoom_margin_jitter < 1:
@@ -104,8 +110,10 @@ class TrainConfig:
         for name in ("flip", "copy_paste"):
             if not 0 <= getattr(self, name) <= 1:
                 errors.append(f"{name} is a probability in [0, 1]")
-        if not self.min_sizes or any(s < 32 for s in self.min_sizes):
+        if self.min_sizes is not None and (not self.min_sizes or any(s < 32 for s in self.min_sizes)):
             errors.append("min_sizes must be sizes >= 32")
+        if self.max_size is not None and self.max_size < 32:
+            errors.append("max_size must be >= 32")
         if (self.val_json is None) != (self.val_images is None):
             errors.append("val_json and val_images go together")
         if errors:
@@ -127,7 +135,7 @@ class TrainConfig:
             except TypeError as e:
                 raise ValueError(f"bad [[datasets]] entry: {e}") from None
         for key in ("steps", "min_sizes"):
-            if key in d:
+            if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
 

@@ -68,8 +68,14 @@ def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: boo
 
 
 def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
-    """The model config from ``cfg.model``, with classes from the first dataset where not given."""
+    """The model config from ``cfg.model``, with classes from the first dataset where not given.
+    Fine-tuning a checkpoint (``init`` a file) without a ``[model]`` table keeps the checkpoint's
+    architecture and classes (a class-agnostic one trains on any categories as "object")."""
     fields = dict(cfg.model)
+    if not fields and init_is_checkpoint(cfg):
+        from ..weights import read_checkpoint
+
+        fields = dict(read_checkpoint(cfg.init)["config"])
     if fields.get("class_agnostic") == "all" and "class_names" not in fields and fields.get("num_classes", 1) == 1:
         fields["num_classes"], fields["class_names"] = 1, ("object",)
     if "class_names" not in fields:
@@ -79,9 +85,26 @@ def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
         fields["num_classes"] = len(names)
     fields["class_names"] = tuple(fields["class_names"])
     fields.setdefault("num_classes", len(fields["class_names"]))
-    fields["min_size"] = cfg.min_sizes[-1]
-    fields["max_size"] = cfg.max_size
+    min_sizes, max_size = train_sizes(cfg)
+    fields["min_size"] = min_sizes[-1]
+    fields["max_size"] = max_size
     return ModelConfig.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
+
+
+def init_is_checkpoint(cfg: TrainConfig) -> bool:
+    return cfg.init not in ("none", "imagenet-mobilenet_v2")
+
+
+def train_sizes(cfg: TrainConfig) -> tuple[tuple[int, ...], int]:
+    """``(min_sizes, max_size)``: the config's, else the init checkpoint's input size, else 800/1333."""
+    min_sizes, max_size = cfg.min_sizes, cfg.max_size
+    if (min_sizes is None or max_size is None) and init_is_checkpoint(cfg):
+        from ..weights import read_checkpoint
+
+        own = read_checkpoint(cfg.init)["config"]
+        min_sizes = min_sizes or (int(own.get("min_size", 800)),)
+        max_size = max_size or int(own.get("max_size", 1333))
+    return tuple(min_sizes or (800,)), int(max_size or 1333)
 
 
 def initialise(model: RefineMaskRCNN, init: str) -> tuple[str, bool]:
@@ -139,8 +162,9 @@ def run_training(
     init_name, init_detector = initialise(model, cfg.init)
     # a mask-mode run leaves the RPN and box head as they came
     detector_state = "trained" if cfg.mode != "mask" or init_detector else "untrained"
-    model.transform.min_size = tuple(cfg.min_sizes)
+    model.transform.min_size = train_sizes(cfg)[0]
     model.set_canvas(cfg.canvas)
+    model.roi_heads.mask_rois_per_image = cfg.mask_rois_per_image
     if cfg.mode == "detector":
         for name, p in model.named_parameters():
             if not name.startswith(DETECTOR_MODULES):

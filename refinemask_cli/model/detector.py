@@ -72,6 +72,9 @@ class RefineRoIHeads(RoIHeads):
         self.roi_chunk_size = cfg.roi_chunk_size
         # inference: run the semantic head only over the part of P2 the RoIs can read (exact)
         self.semantic_window = True
+        # training: positive RoIs per image that train the mask branch (0: all, up to 128 of the
+        # 512 sampled); fewer make full-mode steps much cheaper, the mask head being the costly part
+        self.mask_rois_per_image = 0
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, features, proposals, image_shapes, targets=None, with_masks: bool = True):
@@ -93,7 +96,9 @@ class RefineRoIHeads(RoIHeads):
             return losses
         pos_boxes, pos_labels, pos_inds = [], [], []
         for props, lbl, idx in zip(proposals, labels, matched_idxs):
-            pos = lbl > 0
+            pos = torch.nonzero(lbl > 0).flatten()
+            if self.mask_rois_per_image and len(pos) > self.mask_rois_per_image:  # a random subset
+                pos = pos[torch.randperm(len(pos), device=pos.device)[: self.mask_rois_per_image]]
             pos_boxes.append(props[pos])
             pos_labels.append(lbl[pos] - 1)
             pos_inds.append(idx[pos])
