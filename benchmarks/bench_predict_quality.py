@@ -99,9 +99,10 @@ def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
         precision = tp / max(tp + fp, 1)
         recall = tp / max(n_gt, 1)
         f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-        kept = sum(1 for r in results if r["score"] >= thr)
+        kept = [sum(1 for d in by_image.get(im["id"], []) if d["score"] >= thr) for im in gt["images"]]
         rows.append({"threshold": thr, "precision": precision, "recall": recall, "f1": f1,
-                     "detections_per_image": kept / max(len(gt["images"]), 1)})
+                     "detections_per_image": sum(kept) / max(len(gt["images"]), 1),
+                     "max_detections_in_an_image": max(kept, default=0)})
     return rows
 
 
@@ -161,7 +162,7 @@ def main() -> int:
     names = ["default"] + args.variant
     n_objects = sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0))
     print(f"{args.set_name} held-back fifth: {len(gt['images'])} images, {n_objects} objects; weights {args.weights.name}")
-    print(f"{'variant':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'BndAP':>6} {'img/s':>6}  best thr (P/R/F1, dets/img)")
+    print(f"{'variant':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'BndAP':>6} {'img/s':>6}  best thr (P/R/F1, dets/img, max)")
     for name in names:
         variant = {} if name == "default" else parse_variant(name)
         res = run_variant(model, gt, data / "images", variant, args.device, args.precision)
@@ -169,7 +170,8 @@ def main() -> int:
         b = res["best"]
         print(f"{name:<28} {res['segm_AP']:6.3f} {res['segm_AP50']:6.3f} {res['segm_AP75']:6.3f} "
               f"{res['boundary_AP']:6.3f} {res['images_per_s']:6.2f}  {b['threshold']:.2f} "
-              f"({b['precision']:.2f}/{b['recall']:.2f}/{b['f1']:.2f}, {b['detections_per_image']:.1f})", flush=True)
+              f"({b['precision']:.2f}/{b['recall']:.2f}/{b['f1']:.2f}, {b['detections_per_image']:.1f}, "
+              f"max {b['max_detections_in_an_image']})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

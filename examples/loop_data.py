@@ -3,6 +3,7 @@
 
 - ``OUT/boxes.json``: the first N training images of coco-extra (its held-back fifth excluded) with
   every object as a bare box, no segmentation: the "coarse annotations of a few images";
+- ``OUT/truth.json``: the same N images with their true masks (to score the refinement);
 - ``OUT/holdout.json``: coco-extra's held-back fifth (every 5th image id) with its true masks: the
   images to predict and the truth to evaluate against.
 
@@ -37,6 +38,9 @@ def main() -> int:
                             if not a.get("iscrowd", 0)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "boxes.json").write_text(json.dumps(boxes))
+    truth = subset(doc, set(train_ids[: args.images]))
+    truth["annotations"] = [a for a in truth["annotations"] if not a.get("iscrowd", 0)]
+    (args.out / "truth.json").write_text(json.dumps(truth))
     (args.out / "holdout.json").write_text(json.dumps(subset(doc, held)))
     print(f"{args.out}/boxes.json: {len(boxes['images'])} images, {len(boxes['annotations'])} boxes; "
           f"{args.out}/holdout.json: {len(held)} images")
