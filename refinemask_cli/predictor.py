@@ -272,18 +272,24 @@ class Predictor:
         for i, img in enumerate(images):
             check_image(img, i)
         heads = self.model.roi_heads
-        if max_detections is not None and max_detections > heads.detections_per_img:
-            heads.detections_per_img = max_detections  # the copy is ours; the model keeps its setting
+        # the mask head runs only on what is kept: detections under the threshold are dropped before
+        # NMS (greedy by score, so the kept ones are the same) and only the best max_detections get masks
+        own = (heads.score_thresh, heads.detections_per_img)
+        heads.score_thresh = max(own[0], score_threshold)
+        heads.detections_per_img = max_detections or own[1]
         results = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            with self._autocast():
-                outs = self.model([self._to_tensor(img) for img in batch])
-            for img, out in zip(batch, outs):
-                order = torch.argsort(out["scores"], descending=True, stable=True)
-                order = order[out["scores"][order] >= score_threshold][:max_detections]
-                out = {k: v[order] for k, v in out.items()}
-                results.append(self._detections(out, img.shape[:2]))
+        try:
+            for start in range(0, len(images), self.batch_size):
+                batch = images[start : start + self.batch_size]
+                with self._autocast():
+                    outs = self.model([self._to_tensor(img) for img in batch])
+                for img, out in zip(batch, outs):
+                    order = torch.argsort(out["scores"], descending=True, stable=True)
+                    order = order[out["scores"][order] >= score_threshold][:max_detections]
+                    out = {k: v[order] for k, v in out.items()}
+                    results.append(self._detections(out, img.shape[:2]))
+        finally:
+            heads.score_thresh, heads.detections_per_img = own
         return results
 
     def _refine_inputs(self, image, boxes, labels, coarse_masks, index: int = 0):

@@ -184,3 +184,13 @@ def test_fine_tuning_a_checkpoint_keeps_its_architecture_classes_and_size(tmp_pa
     assert r.exit_code == 0, r.output
     before, after = read_checkpoint(init)["config"], read_checkpoint(out / "model_final.pt")["config"]
     assert after == before  # one class "object", min_size 64, max_size 96
+
+
+def test_warmup_takes_at_most_a_fifth_of_a_short_run():
+    from refinemask_cli.engine.train import TrainSettings, lr_at
+
+    short = TrainSettings(iters=60, lr=0.002, warmup_iters=200, steps=(0.67, 0.92))
+    assert lr_at(12, short) == pytest.approx(0.002) and lr_at(0, short) < 1e-5
+    assert lr_at(45, short) == pytest.approx(0.0002)  # after the first step decay
+    recipe = TrainSettings(iters=300, lr=0.01, warmup_iters=50, steps=(0.75, 0.92))  # unchanged
+    assert lr_at(25, recipe) == pytest.approx(0.01 * (0.001 + 0.999 * 25 / 50)) and lr_at(50, recipe) == 0.01
