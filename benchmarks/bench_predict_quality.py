@@ -27,12 +27,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from refinemask_cli.data.splits import holdout_ids, subset
-from refinemask_cli.engine.evaluate import evaluate_detections
+from refinemask_cli.engine.evaluate import as_one_class, evaluate_detections
 from refinemask_cli.geometry import encode_rle, segmentation_to_mask
 from refinemask_cli.io.coco import read_coco
 from refinemask_cli.io.images import read_image
 from refinemask_cli.predictor import Predictor, RefineSettings
 from refinemask_cli.weights import load_model
+from refinemask_cli.weights.checkpoint import default_weights_path
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
@@ -45,8 +46,7 @@ def agnostic_holdout(data: Path, limit: int | None = None) -> dict:
     doc = subset(doc, held)
     if limit:
         doc = subset(doc, {im["id"] for im in doc["images"][:limit]})
-    anns = [{**a, "category_id": 1} for a in doc["annotations"]]
-    return {**doc, "annotations": anns, "categories": [{"id": 1, "name": "object", "supercategory": ""}]}
+    return as_one_class(doc, [])[0]
 
 
 def parse_variant(text: str) -> dict:
@@ -134,9 +134,6 @@ def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, p
             results.append({"image_id": im["id"], "category_id": 1, "score": float(score),
                             "segmentation": mask_utils.encode(np.asfortranarray(mask.full(h, w).astype(np.uint8)))})
     scores = evaluate_detections(gt, results)
-    for r in results:  # json-safe for --json
-        r["segmentation"]["counts"] = r["segmentation"]["counts"].decode() \
-            if isinstance(r["segmentation"]["counts"], bytes) else r["segmentation"]["counts"]
     curve = f1_by_threshold(gt, results)
     best = max(curve, key=lambda r: r["f1"])
     return {**scores, "images_per_s": len(gt["images"]) / max(seconds, 1e-9), "best": best, "curve": curve}
@@ -144,7 +141,8 @@ def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, p
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", type=Path, default=Path(__file__).resolve().parents[1] / "weights/refinemask_mnv2_agnostic.pt")
+    ap.add_argument("--weights", type=Path, default=default_weights_path("predict"),
+                    help="Checkpoint (default: the shipped predict weights).")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--set", dest="set_name", default="coco-extra", choices=["coco-extra", "coco128", "davis345"])

@@ -242,14 +242,11 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
                                     **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
                                                          flip=flip, passes=passes, min_area=min_area))
-        notes: list = []
-        doc, images_dir = read_input(input_json, images_dir, notes)
+        doc, images_dir = read_input(input_json, images_dir)
         if images_dir is None:
             raise click.UsageError("--images is required for a COCO file (LabelMe and YOLO inputs carry their own)")
         if not images_dir.is_dir():
             raise UserError(f"{images_dir}: images folder not found")
-        for note in notes:
-            warn(f"{input_json}: {note}")
         if vis_dir is not None:
             check_overlay_paths(doc)
         predictor, ckpt = make_predictor(weights, device, precision, batch_size, canvas=canvas)
@@ -319,13 +316,28 @@ def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: 
     return losses
 
 
-def read_input(path: Path, images_dir: Path | None, notes: list) -> tuple[dict, Path | None]:
+def read_input(path: Path, images_dir: Path | None, notes: list | None = None) -> tuple[dict, Path | None]:
     """A COCO file, LabelMe folder or YOLO-seg dataset as a COCO document, and its images folder
-    (``--images`` where given, else the LabelMe/YOLO input's own)."""
+    (``--images`` where given, else the LabelMe/YOLO input's own). What reading normalised goes to
+    ``notes``, or, without a list, is printed as warnings."""
     from .io.sources import load_annotations
 
+    shown = notes is None
+    notes = [] if shown else notes
     doc, own_images, _ = load_annotations(path, notes)
+    if shown:
+        for note in notes:
+            warn(f"{path}: {note}")
     return doc, images_dir if images_dir is not None else own_images
+
+
+def require_valid(doc: dict, path: Path) -> None:
+    """Stop at a document's first error, naming the file (the checks validate lists in full)."""
+    from .io.coco import check_dataset, first_error
+
+    problem = first_error(check_dataset(doc))
+    if problem:
+        raise UserError(f"{path}: {problem} (run `refinemask validate` for the full list)")
 
 
 @main.command()
@@ -362,9 +374,10 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     import time
 
     from .console import progress
-    from .io.coco import check_dataset, first_error, read_coco, write_json_atomic
+    from .io.coco import read_coco, write_json_atomic
     from .jobs import formats
     from .jobs import predict as job
+    from .jobs.shard import current_shard
     from .jobs.vis import overlay_path, write_overlay
     from .predictor import PredictSettings
     from .weights.checkpoint import detector_trained, resolve_weights
@@ -375,14 +388,10 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     like = None
     if like_json is not None:
         like = read_coco(like_json)
-        problem = first_error(check_dataset(like))
-        if problem:
-            raise UserError(f"{like_json}: {problem} (run `refinemask validate` for the full list)")
+        require_valid(like, like_json)
         entries = job.like_entries(like, images_dir)
     else:
         entries = job.folder_entries(images_dir)
-    from .jobs.shard import current_shard
-
     shard = current_shard()  # under torchrun: each rank predicts its share, rank 0 writes
     predictor, ckpt = make_predictor(weights, device, precision, batch_size, task="predict", canvas=canvas)
     meta = ckpt.get("meta", {})
@@ -448,17 +457,12 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
 def export(input_json: Path, target: str, output: Path, images_dir: Path | None, overwrite: bool) -> None:
     """Convert a COCO dataset (or a LabelMe folder or YOLO-seg dataset) to another format, warning
     where the format loses information."""
-    from .io.coco import check_dataset, first_error, write_json_atomic
+    from .io.coco import write_json_atomic
     from .jobs import formats
 
     refuse_overwrite(output, overwrite)
-    notes: list = []
-    doc, images_dir = read_input(input_json, images_dir, notes)
-    for note in notes:
-        warn(f"{input_json}: {note}")
-    problem = first_error(check_dataset(doc))
-    if problem:
-        raise UserError(f"{input_json}: {problem} (run `refinemask validate` for the full list)")
+    doc, images_dir = read_input(input_json, images_dir)
+    require_valid(doc, input_json)
     if target == "coco-results":
         results, losses = formats.to_coco_results(doc)
         write_json_atomic(results, output, overwrite=True)

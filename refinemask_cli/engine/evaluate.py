@@ -209,30 +209,20 @@ class BoundaryCOCOeval(COCOeval):
         return out
 
 
-def _ensure_rle(doc: dict) -> dict:
-    """Every segmentation of a dataset as compressed RLE (what loadRes/COCOeval work on)."""
-    images = {im["id"]: im for im in doc["images"]}
-    anns = []
-    for a in doc["annotations"]:
-        im = images[a["image_id"]]
-        a = dict(a)
-        m = annotation_mask(a, im["height"], im["width"])
-        a["segmentation"] = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        a.setdefault("area", float(m.sum()))
-        anns.append(a)
-    return {**doc, "annotations": anns}
-
-
-def _results_as_rle(gt: dict, results: list[dict]) -> list[dict]:
-    """Polygon results as RLE (``loadRes`` computes areas from RLE only); others unchanged."""
-    images = {im["id"]: im for im in gt["images"]}
+def _as_rle(anns: list[dict], images: dict[int, dict], polygons_only: bool = False) -> list[dict]:
+    """Annotations with their segmentation as compressed RLE (what loadRes/COCOeval work on) and an
+    ``area`` where they lack one; ``polygons_only``: only polygon ones are converted (results, whose
+    RLE loadRes takes as is), and records of images not in ``images`` are left for loadRes to refuse."""
     out = []
-    for r in results:
-        if isinstance(r.get("segmentation"), list) and r["image_id"] in images:
-            im = images[r["image_id"]]
-            m = annotation_mask(r, im["height"], im["width"])
-            r = {**r, "segmentation": mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))}
-        out.append(r)
+    for a in anns:
+        im = images.get(a["image_id"]) if polygons_only else images[a["image_id"]]
+        if im is None or (polygons_only and not isinstance(a.get("segmentation"), list)):
+            out.append(a)
+            continue
+        m = annotation_mask(a, im["height"], im["width"])
+        a = {**a, "segmentation": mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))}
+        a.setdefault("area", float(m.sum()))
+        out.append(a)
     return out
 
 
@@ -248,8 +238,9 @@ def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = Fa
     (``class_agnostic``: every category counted as one)."""
     if class_agnostic:
         gt, results = as_one_class(gt, results)
-    results = _results_as_rle(gt, results)
-    gt_coco = _quiet_coco(_ensure_rle(gt))
+    images = {im["id"]: im for im in gt["images"]}
+    results = _as_rle(results, images, polygons_only=True)
+    gt_coco = _quiet_coco({**gt, "annotations": _as_rle(gt["annotations"], images)})
     out = {}
     if not results:
         return {"segm_AP": 0.0, "segm_AP50": 0.0, "segm_AP75": 0.0, "boundary_AP": 0.0, "boundary_AP50": 0.0,

@@ -25,7 +25,8 @@ from ..data.splits import holdout_ids
 from ..io.coco import read_coco
 from ..model import ModelConfig, RefineMaskRCNN, build_model
 from ..model.zoom import ZoomSpec
-from ..weights.checkpoint import atomic_torch_save, detector_trained, load_model, load_state_strict, save_checkpoint
+from ..weights.checkpoint import (atomic_torch_save, detector_trained, load_state_strict, read_checkpoint,
+                                  save_checkpoint)
 from ..weights.convert import load_mobilenet_v2_imagenet
 from .config import DETECTOR_MODULES, TrainConfig
 from .train import TrainSettings, lr_at
@@ -67,15 +68,13 @@ def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: boo
     return out
 
 
-def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
+def resolve_model_config(cfg: TrainConfig, init_config: dict | None = None) -> ModelConfig:
     """The model config from ``cfg.model``, with classes from the first dataset where not given.
-    Fine-tuning a checkpoint (``init`` a file) without a ``[model]`` table keeps the checkpoint's
-    architecture and classes (a class-agnostic one trains on any categories as "object")."""
+    Fine-tuning a checkpoint (``init_config``: its config) without a ``[model]`` table keeps the
+    checkpoint's architecture and classes (a class-agnostic one trains on any categories as "object")."""
     fields = dict(cfg.model)
-    if not fields and init_is_checkpoint(cfg):
-        from ..weights import read_checkpoint
-
-        fields = dict(read_checkpoint(cfg.init)["config"])
+    if not fields and init_config is not None:
+        fields = dict(init_config)
     if fields.get("class_agnostic") == "all" and "class_names" not in fields and fields.get("num_classes", 1) == 1:
         fields["num_classes"], fields["class_names"] = 1, ("object",)
     if "class_names" not in fields:
@@ -85,7 +84,7 @@ def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
         fields["num_classes"] = len(names)
     fields["class_names"] = tuple(fields["class_names"])
     fields.setdefault("num_classes", len(fields["class_names"]))
-    min_sizes, max_size = train_sizes(cfg)
+    min_sizes, max_size = train_sizes(cfg, init_config)
     fields["min_size"] = min_sizes[-1]
     fields["max_size"] = max_size
     return ModelConfig.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
@@ -95,27 +94,24 @@ def init_is_checkpoint(cfg: TrainConfig) -> bool:
     return cfg.init not in ("none", "imagenet-mobilenet_v2")
 
 
-def train_sizes(cfg: TrainConfig) -> tuple[tuple[int, ...], int]:
+def train_sizes(cfg: TrainConfig, init_config: dict | None = None) -> tuple[tuple[int, ...], int]:
     """``(min_sizes, max_size)``: the config's, else the init checkpoint's input size, else 800/1333."""
-    min_sizes, max_size = cfg.min_sizes, cfg.max_size
-    if (min_sizes is None or max_size is None) and init_is_checkpoint(cfg):
-        from ..weights import read_checkpoint
-
-        own = read_checkpoint(cfg.init)["config"]
-        min_sizes = min_sizes or (int(own.get("min_size", 800)),)
-        max_size = max_size or int(own.get("max_size", 1333))
-    return tuple(min_sizes or (800,)), int(max_size or 1333)
+    own = init_config or {}
+    min_sizes = cfg.min_sizes or (int(own.get("min_size", 800)),)
+    max_size = cfg.max_size or int(own.get("max_size", 1333))
+    return tuple(min_sizes), int(max_size)
 
 
-def initialise(model: RefineMaskRCNN, init: str) -> tuple[str, bool]:
-    """Load the ``init`` weights; returns their name and whether their detector was trained."""
+def initialise(model: RefineMaskRCNN, init: str, init_ckpt: dict | None = None) -> tuple[str, bool]:
+    """Load the ``init`` weights (``init_ckpt``: the checkpoint, already read); returns their name
+    and whether their detector was trained."""
     if init == "none":
         return "random", False
     if init == "imagenet-mobilenet_v2":
         load_mobilenet_v2_imagenet(model)
         return init, False
-    src, ckpt = load_model(init)
-    load_state_strict(model, src.state_dict(), init)
+    ckpt = init_ckpt if init_ckpt is not None else read_checkpoint(init)
+    load_state_strict(model, ckpt["state_dict"], init)
     return Path(init).name, bool(detector_trained(ckpt.get("meta", {})))
 
 
@@ -157,12 +153,15 @@ def run_training(
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     seed_everything(cfg.seed)
-    model_cfg = resolve_model_config(cfg)
+    # the init checkpoint is read once: its config (fine-tuning keeps it) and its weights
+    init_ckpt = read_checkpoint(cfg.init) if init_is_checkpoint(cfg) else None
+    init_config = init_ckpt["config"] if init_ckpt is not None else None
+    model_cfg = resolve_model_config(cfg, init_config)
     model = build_model(model_cfg)
-    init_name, init_detector = initialise(model, cfg.init)
+    init_name, init_detector = initialise(model, cfg.init, init_ckpt)
     # a mask-mode run leaves the RPN and box head as they came
     detector_state = "trained" if cfg.mode != "mask" or init_detector else "untrained"
-    model.transform.min_size = train_sizes(cfg)[0]
+    model.transform.min_size = train_sizes(cfg, init_config)[0]
     model.set_canvas(cfg.canvas)
     model.roi_heads.mask_rois_per_image = cfg.mask_rois_per_image
     if cfg.mode == "detector":

@@ -103,6 +103,12 @@ def mask_bbox(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[float]
     return [float(x0), float(y0), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
+def ring_area(ring: list[float]) -> float:
+    """Area enclosed by one flat ``[x0, y0, x1, y1, ...]`` ring (shoelace formula)."""
+    x, y = np.asarray(ring[0::2], dtype=np.float64), np.asarray(ring[1::2], dtype=np.float64)
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
 def polygons_area(polygons: list[list[float]], height: int, width: int) -> float:
     if not polygons:
         return 0.0

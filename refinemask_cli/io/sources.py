@@ -22,7 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..geometry import encode_rle, mask_bbox
+from ..geometry import encode_rle, mask_bbox, segmentation_to_mask
+from ..geometry.polygons import ring_area
 from .coco import CocoError, Problem, read_coco
 from .images import SUFFIXES, ImageReadError, read_image
 
@@ -163,14 +164,10 @@ def _labelme_object(shapes: list[dict], size: tuple[int, int], json_path: Path) 
     if not masks:
         if not rings:
             return None
-        from ..geometry import segmentation_to_mask
-
         m = segmentation_to_mask(rings, h, w)
         return {"segmentation": rings, "bbox": mask_bbox(m), "area": float(m.sum())}
     full = np.zeros((h, w), dtype=bool)
     if rings:
-        from ..geometry import segmentation_to_mask
-
         full |= segmentation_to_mask(rings, h, w)
     for s in masks:
         pts = _points(s, json_path)
@@ -300,7 +297,6 @@ def _yolo_line(line: str, w: int, h: int, n_classes: int, where: str) -> dict:
     ring = [round(float(v), 2) for v in pts.reshape(-1)]
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
-    x, y = pts[:, 0], pts[:, 1]
-    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    area = ring_area(pts.reshape(-1).tolist())
     return {"category_id": cls + 1, "segmentation": [ring], "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
             "area": round(area, 3)}

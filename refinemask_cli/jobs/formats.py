@@ -17,6 +17,7 @@ import numpy as np
 
 from ..geometry import encode_rle, mask_to_outline, segmentation_to_mask
 from ..geometry.masks import finite_number
+from ..geometry.polygons import ring_area
 from ..io.coco import CocoError, segmentation_kind_safe
 from .paths import safe_relative, with_suffix
 
@@ -46,14 +47,15 @@ def _mask(ann: dict, img: dict) -> np.ndarray | None:
     return segmentation_to_mask(ann["segmentation"], img["height"], img["width"])
 
 
-def _outline(ann: dict, img: dict) -> tuple[list[list[float]], int] | None:
-    """Polygons (pixel-edge trace for RLE) and hole count; None for box-only annotations."""
+def _outline(ann: dict, img: dict, mask: np.ndarray | None = None) -> tuple[list[list[float]], int] | None:
+    """Polygons (pixel-edge trace for RLE) and hole count; None for box-only annotations.
+    ``mask``: the annotation's mask where the caller has already decoded it."""
     kind = segmentation_kind_safe(ann.get("segmentation"))
     if kind in ("none", "invalid"):
         return None
     if kind == "polygon":
         return [list(map(float, p)) for p in ann["segmentation"]], 0
-    out = mask_to_outline(_mask(ann, img))
+    out = mask_to_outline(_mask(ann, img) if mask is None else mask)
     return out.polygons, out.holes
 
 
@@ -105,15 +107,6 @@ def to_polygon_coco(doc: dict) -> tuple[dict, Losses]:
     return out, losses
 
 
-def _area(ann: dict, img: dict) -> float:
-    """Pixels of the annotation's mask (its box for box-only ones): the LabelMe paint order."""
-    mask = _mask(ann, img)
-    if mask is not None:
-        return float(mask.sum())
-    bbox = ann.get("bbox") or [0, 0, 0, 0]
-    return float(bbox[2] * bbox[3])
-
-
 def _mask_shape(mask: np.ndarray, base: dict) -> dict:
     """A LabelMe ``mask`` shape: the mask's bounding pixels as two corner points (inclusive, as
     LabelMe pastes ``mask[y1:y2+1, x1:x2+1]``) and the crop as a base64 PNG."""
@@ -148,17 +141,20 @@ def to_labelme(doc: dict, image_path_for: dict[int, str]) -> tuple[dict[int, dic
             base["description"] = f"score {float(ann['score']):.3f}"
         if ann.get("iscrowd", 0):
             losses.add("are crowd regions exported as ordinary shapes", ann["id"])
-        outline = _outline(ann, img)
+        mask = _mask(ann, img)  # decoded once: paint order (its area), outline and mask shape
+        outline = _outline(ann, img, mask)
         if outline is None:
             x, y, w, h = ann["bbox"]
+            area = float(w * h)
             shapes = [{**base, "points": [[x, y], [x + w, y + h]], "shape_type": "rectangle"}]
-        elif outline[1]:  # holes: polygons would fill them
-            mask = _mask(ann, img)
-            shapes = [_mask_shape(mask, base)] if mask.any() else []
         else:
-            shapes = [{**base, "points": [[poly[i], poly[i + 1]] for i in range(0, len(poly), 2)],
-                       "shape_type": "polygon"} for poly in outline[0]]
-        per_image[img["id"]].append((-_area(ann, img), len(per_image[img["id"]]), shapes))
+            area = float(mask.sum())
+            if outline[1]:  # holes: polygons would fill them
+                shapes = [_mask_shape(mask, base)] if mask.any() else []
+            else:
+                shapes = [{**base, "points": [[poly[i], poly[i + 1]] for i in range(0, len(poly), 2)],
+                           "shape_type": "polygon"} for poly in outline[0]]
+        per_image[img["id"]].append((-area, len(per_image[img["id"]]), shapes))
     docs = {}
     for img_id, objects in per_image.items():
         img = images[img_id]
@@ -196,11 +192,6 @@ def _check_unique(targets: dict[int, PurePosixPath], what: str) -> None:
             raise CocoError(f"image {image_id}: its {what} {t} would overwrite image {seen[t]}'s; "
                             "file names must differ after the suffix")
         seen[t] = image_id
-
-
-def _ring_area(poly: list[float]) -> float:
-    x, y = np.asarray(poly[0::2]), np.asarray(poly[1::2])
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
 def join_rings(rings: list[list[float]]) -> list[float]:
@@ -267,7 +258,7 @@ def to_yolo_seg(doc: dict) -> tuple[dict[int, str], list[str], Losses]:
                 losses.add("lose their holes (one ring per instance)", ann["id"])
             if not polygons:
                 continue
-            ring = join_rings(sorted(polygons, key=_ring_area, reverse=True))
+            ring = join_rings(sorted(polygons, key=ring_area, reverse=True))
         w, h = img["width"], img["height"]
         coords = [min(max(v / (w if k % 2 == 0 else h), 0.0), 1.0) for k, v in enumerate(ring)]
         lines[img["id"]].append(" ".join([str(index[ann["category_id"]])] + [f"{c:.6f}" for c in coords]))

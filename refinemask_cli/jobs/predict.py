@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..io.coco import CocoError
-from ..io.images import SUFFIXES, read_image
+from ..io.images import SUFFIXES
 from ..predictor import Predictor, PredictSettings
 from .paths import safe_relative
 from .pipeline import batch_groups, run_pipeline
-from .refine import encode_output
+from .refine import encode_output, read_checked_image
 from .shard import Shard
 
 
@@ -112,14 +112,7 @@ def predict_entries(
     done: dict[int, tuple[dict, list[dict]]] = {}  # entry index -> (image record, annotation fields)
 
     def read(item: tuple[int, Entry]):
-        _, entry = item
-        image = read_image(entry.path)
-        h, w = image.shape[:2]
-        want = (entry.info.get("height", h), entry.info.get("width", w))
-        if want != (h, w):
-            raise CocoError(f"image {entry.info['id']}: {entry.path} is {w}x{h} but the dataset says "
-                            f"{want[1]}x{want[0]}; check that --images holds the dataset's images")
-        return image
+        return read_checked_image(item[1].path, item[1].info)
 
     def forward(items):
         return predictor.predict([image for _, image in items], score_threshold=settings.score_threshold,
@@ -162,9 +155,3 @@ def predict_entries(
     return {"info": {"description": "refinemask predict"}, "images": images, "annotations": annotations,
             "categories": categories}
 
-
-def predict_folder(folder: Path, predictor: Predictor, settings: PredictSettings | None = None, **kwargs) -> dict:
-    """Every image of ``folder`` (ids 1..N by file name), the model's classes as categories."""
-    cats = model_categories(predictor)
-    return predict_entries(folder_entries(folder), predictor, settings or PredictSettings(), cats,
-                           [c["id"] for c in cats], **kwargs)

@@ -254,16 +254,22 @@ def iter_images(doc: dict, per_image: dict[int, list[dict]]) -> Iterator[dict]:
             yield info
 
 
-def load_checked_image(images_dir: Path, info: dict) -> np.ndarray:
+def read_checked_image(path: Path, info: dict) -> np.ndarray:
+    """The image of record ``info`` read from ``path``; a ``CocoError`` naming the image id when it
+    cannot be read or disagrees with the record's width/height (where the record has them)."""
     try:
-        image = read_image(images_dir / info["file_name"])
+        image = read_image(path)
     except ImageReadError as e:
         raise CocoError(f"image {info['id']}: {e}") from None
     h, w = image.shape[:2]
-    if (h, w) != (info["height"], info["width"]):
+    if "width" in info and (h, w) != (info["height"], info["width"]):
         raise CocoError(f"image {info['id']} ({info['file_name']}): file is {w}x{h} but the JSON says "
                         f"{info['width']}x{info['height']}; fix width/height in the JSON")
     return image
+
+
+def load_checked_image(images_dir: Path, info: dict) -> np.ndarray:
+    return read_checked_image(images_dir / info["file_name"], info)
 
 
 def refine_dataset(
