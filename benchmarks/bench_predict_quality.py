@@ -1,5 +1,6 @@
 """Detection quality of `predict` on a held-back fifth of ../shared/data: class-agnostic mask AP,
-AP50, AP75 and Boundary AP, the speed, and the score threshold that suits annotation.
+AP50, AP75, Boundary AP and box AP50 (finding objects, apart from outlining them), the speed, and the
+score threshold that suits annotation.
 
 Every object of the held-back images (`data/splits.py`) is one class, "object" (crowd regions stay
 crowd: detections on them are neither rewarded nor punished). Each `--variant` row runs the model
@@ -130,8 +131,9 @@ def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, p
             det.scores = scores
         seconds += time.perf_counter() - t
         h, w = image.shape[:2]
-        for mask, score in zip(det.masks, det.scores):
+        for mask, score, (x0, y0, x1, y1) in zip(det.masks, det.scores, np.asarray(det.boxes, dtype=float)):
             results.append({"image_id": im["id"], "category_id": 1, "score": float(score),
+                            "bbox": [x0, y0, x1 - x0, y1 - y0],
                             "segmentation": mask_utils.encode(np.asfortranarray(mask.full(h, w).astype(np.uint8)))})
     scores = evaluate_detections(gt, results)
     curve = f1_by_threshold(gt, results)
@@ -160,14 +162,14 @@ def main() -> int:
     names = ["default"] + args.variant
     n_objects = sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0))
     print(f"{args.set_name} held-back fifth: {len(gt['images'])} images, {n_objects} objects; weights {args.weights.name}")
-    print(f"{'variant':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'BndAP':>6} {'img/s':>6}  best thr (P/R/F1, dets/img, max)")
+    print(f"{'variant':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'BndAP':>6} {'boxAP50':>7} {'img/s':>6}  best thr (P/R/F1, dets/img, max)")
     for name in names:
         variant = {} if name == "default" else parse_variant(name)
         res = run_variant(model, gt, data / "images", variant, args.device, args.precision)
         rows[name] = res
         b = res["best"]
         print(f"{name:<28} {res['segm_AP']:6.3f} {res['segm_AP50']:6.3f} {res['segm_AP75']:6.3f} "
-              f"{res['boundary_AP']:6.3f} {res['images_per_s']:6.2f}  {b['threshold']:.2f} "
+              f"{res['boundary_AP']:6.3f} {res['bbox_AP50']:7.3f} {res['images_per_s']:6.2f}  {b['threshold']:.2f} "
               f"({b['precision']:.2f}/{b['recall']:.2f}/{b['f1']:.2f}, {b['detections_per_image']:.1f}, "
               f"max {b['max_detections_in_an_image']})", flush=True)
     if args.json:

@@ -571,6 +571,7 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
         console.print(summary_table("detection quality" + (" (class-agnostic)" if class_agnostic else ""), [
             ("mask AP / AP50 / AP75", f"{res['segm_AP']:.4f} / {res['segm_AP50']:.4f} / {res['segm_AP75']:.4f}"),
             ("Boundary AP / AP50 / AP75", f"{res['boundary_AP']:.4f} / {res['boundary_AP50']:.4f} / {res['boundary_AP75']:.4f}"),
+            ("box AP / AP50 / AP75", f"{res['bbox_AP']:.4f} / {res['bbox_AP50']:.4f} / {res['bbox_AP75']:.4f}"),
             ("detections", str(res["detections"]))]))
 
 

@@ -96,9 +96,16 @@ def test_detections_ap_perfect_and_empty():
     assert res["segm_AP"] == pytest.approx(1.0) and res["boundary_AP"] == pytest.approx(1.0)
     shifted = np.zeros((60, 60), bool)
     shifted[7:42, 5:50] = True  # mask IoU ~0.89, boundary IoU lower
+    assert res["bbox_AP"] == pytest.approx(1.0)
     res = evaluate_detections(gt, [{**results[0], "segmentation": rle(shifted)}])
     assert res["boundary_AP"] < res["segm_AP"] <= 1.0
-    assert evaluate_detections(gt, [])["segm_AP"] == 0.0
+    # a box only half on the object: found nothing, whatever the mask
+    res = evaluate_detections(gt, [{**results[0], "bbox": [5, 5, 22, 35]}])
+    assert res["bbox_AP"] == 0.0 and res["segm_AP"] == pytest.approx(1.0)
+    # without a bbox the mask's extent is the box
+    no_box = {k: v for k, v in results[0].items() if k != "bbox"}
+    assert evaluate_detections(gt, [no_box])["bbox_AP"] == pytest.approx(1.0)
+    assert evaluate_detections(gt, [])["bbox_AP"] == 0.0
 
 
 def test_evaluate_cli_by_id_json(tmp_path):

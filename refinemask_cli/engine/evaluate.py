@@ -7,7 +7,8 @@
   Boundary IoU, and pixel accuracy split into the boundary band (within ``d`` of the GT contour,
   both sides) and the interior (the rest of the box around both masks), per category and size.
 - ``evaluate_detections``: COCO mask AP and Boundary AP (IoU = min(mask IoU, boundary IoU) for
-  non-crowd GT) for a results list, through pycocotools.
+  non-crowd GT) for a results list, through pycocotools; box AP beside them (each result's ``bbox``,
+  else its mask's extent), which tells finding objects apart from outlining them.
 """
 from __future__ import annotations
 
@@ -222,6 +223,8 @@ def _as_rle(anns: list[dict], images: dict[int, dict], polygons_only: bool = Fal
         m = annotation_mask(a, im["height"], im["width"])
         a = {**a, "segmentation": mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))}
         a.setdefault("area", float(m.sum()))
+        if not polygons_only:
+            a.setdefault("bbox", [float(v) for v in mask_utils.toBbox(a["segmentation"])])
         out.append(a)
     return out
 
@@ -234,8 +237,8 @@ def as_one_class(gt: dict, results: list[dict]) -> tuple[dict, list[dict]]:
 
 
 def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = False) -> dict:
-    """``segm_AP`` (and AP50/AP75) and ``boundary_AP`` of a results list against a dataset
-    (``class_agnostic``: every category counted as one)."""
+    """``segm_AP``, ``boundary_AP`` and ``bbox_AP`` (each with AP50/AP75) of a results list against
+    a dataset (``class_agnostic``: every category counted as one)."""
     if class_agnostic:
         gt, results = as_one_class(gt, results)
     images = {im["id"]: im for im in gt["images"]}
@@ -243,11 +246,17 @@ def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = Fa
     gt_coco = _quiet_coco({**gt, "annotations": _as_rle(gt["annotations"], images)})
     out = {}
     if not results:
-        return {"segm_AP": 0.0, "segm_AP50": 0.0, "segm_AP75": 0.0, "boundary_AP": 0.0, "boundary_AP50": 0.0,
-                "boundary_AP75": 0.0, "detections": 0}
+        return {**{f"{name}_{k}": 0.0 for name in ("segm", "boundary", "bbox") for k in ("AP", "AP50", "AP75")},
+                "detections": 0}
+    # each result's own box, else its mask's extent (taken before loadRes, which edits the records)
+    boxes = [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"],
+              "bbox": list(r["bbox"]) if len(r.get("bbox") or ()) == 4
+              else [float(v) for v in mask_utils.toBbox(r["segmentation"])]} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt_coco.loadRes(results)
-        for name, ev in (("segm", COCOeval(gt_coco, dt, "segm")), ("boundary", BoundaryCOCOeval(gt_coco, dt))):
+        boxes = gt_coco.loadRes(boxes)
+        for name, ev in (("segm", COCOeval(gt_coco, dt, "segm")), ("boundary", BoundaryCOCOeval(gt_coco, dt)),
+                         ("bbox", COCOeval(gt_coco, boxes, "bbox"))):
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
