@@ -11,7 +11,7 @@ with other settings, all in ONE run on the same images:
 
 Variant fields: ``min_size`` / ``max_size`` (the input size of the detector), ``masks`` (``whole``:
 the masks of the detection pass; ``zoom``: each detection refined in its own crop, as `refine`
-does, ``flip`` 0/1 with it), ``max_dets``.
+does, ``flip`` 0/1 with it), ``max_dets``, ``mask_scoring`` (0/1: scores times mask confidence).
 
 The threshold printed is the detection score that maximises F1 of matched masks at IoU 0.5 (each
 ground-truth object matched at most once, best score first): what `predict` should keep by default.
@@ -54,7 +54,7 @@ def parse_variant(text: str) -> dict:
     out: dict = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        if key in ("min_size", "max_size", "max_dets", "flip"):
+        if key in ("min_size", "max_size", "max_dets", "flip", "mask_scoring"):
             out[key] = int(value)
         elif key == "masks" and value in ("whole", "zoom"):
             out[key] = value
@@ -112,6 +112,8 @@ def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, p
     changes = {k: variant[k] for k in ("min_size", "max_size") if k in variant}
     if "max_dets" in variant:
         changes["detections_per_img"] = variant["max_dets"]
+    if "mask_scoring" in variant:
+        changes["mask_scoring"] = bool(variant["mask_scoring"])
     if changes:
         from refinemask_cli.model import build_model
 

@@ -1,4 +1,5 @@
 """Detector contract: shapes, empty inputs, the given-boxes path, and a real learning test."""
+import math
 import numpy as np
 import pytest
 import torch
@@ -101,3 +102,35 @@ def test_learning_overfits_one_image():
     print(f"mask IoU {before:.3f} -> {after:.3f}, loss {first:.3f} -> {loss.item():.3f}")
     assert after > 0.85, (before, after)
     assert after > before
+
+
+def test_rescore_by_mask_golden():
+    from refinemask_cli.model.detector import rescore_by_mask
+
+    logits = torch.full((3, 1, 4, 4), -5.0)
+    logits[0, 0, :2] = math.log(0.6 / 0.4)  # half the box at p = 0.6: maskness 0.6
+    logits[1, 0, :3] = math.log(0.99 / 0.01)  # sure: 0.99
+    # mask 2 is empty: maskness 0
+    scores, order = rescore_by_mask(torch.tensor([0.9, 0.8, 0.95]), logits)
+    assert order.tolist() == [1, 0, 2]
+    assert scores.tolist() == pytest.approx([0.8 * 0.99, 0.9 * 0.6, 0.0], abs=1e-6)
+
+
+def test_mask_scoring_reranks_the_same_detections():
+    """With ``mask_scoring`` the model returns the same boxes and masks, each score times its mask's
+    confidence, best first."""
+    from refinemask_cli.model.detector import rescore_by_mask
+
+    torch.manual_seed(0)
+    plain = build_model(tiny_config(box_score_thresh=0.0)).eval()
+    scored = build_model(tiny_config(box_score_thresh=0.0, mask_scoring=True)).eval()
+    scored.load_state_dict(plain.state_dict())
+    img, _, _ = ellipse_scene()
+    with torch.no_grad():
+        a = plain([image_tensor(img)])[0]
+        b = scored([image_tensor(img)])[0]
+    assert len(a["scores"]) > 2
+    expected, order = rescore_by_mask(a["scores"], a["mask_logits"])
+    assert torch.allclose(b["scores"], expected)
+    assert torch.equal(b["boxes"], a["boxes"][order]) and torch.equal(b["mask_logits"], a["mask_logits"][order])
+    assert (b["scores"][:-1] >= b["scores"][1:]).all() and (b["scores"] <= a["scores"][order]).all()

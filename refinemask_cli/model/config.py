@@ -56,6 +56,10 @@ class ModelConfig:
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
     mask_threshold: float = 0.5
+    # rank detections by score × the mean foreground probability of their mask (SOLOv2's "maskness"):
+    # boxes on part of an object or across several get unsure masks and drop. Off in the paper's
+    # model; on in the shipped predict weights (measured in weights/README.md)
+    mask_scoring: bool = False
     # zoom-in refinement: the working size (crop side) the mask branch was trained at; 0 = trained on
     # whole images only (zoom at inference then uses min_size)
     zoom_size: int = 0

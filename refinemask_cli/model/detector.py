@@ -7,7 +7,8 @@ into the model's classes. Internally torchvision's box head keeps background at 
 - ``forward(images, targets)`` in train mode returns the loss dict; targets hold ``boxes`` (n, 4),
   ``labels`` (n,) and ``masks`` (n, H, W) uint8.
 - ``forward(images)`` in eval mode returns per image ``boxes``, ``labels``, ``scores`` and
-  ``mask_logits`` (n, 1, 112, 112): merged logits in each box's own coordinates, not pasted.
+  ``mask_logits`` (n, 1, 112, 112): merged logits in each box's own coordinates, not pasted; with
+  ``mask_scoring`` the scores are scaled by each mask's confidence and re-ranked.
 - ``refine(images, boxes, labels, priors)``: the same masks for given boxes, skipping the RPN.
 - ``mask_losses(images, targets)``: train only the mask branch (semantic + refine heads) from the
   ground-truth boxes, for datasets where only some objects are labelled.
@@ -70,6 +71,8 @@ class RefineRoIHeads(RoIHeads):
         self.boundary_width = cfg.boundary_width
         self.prior_probability = cfg.prior_probability if cfg.coarse_prior else 0.0
         self.roi_chunk_size = cfg.roi_chunk_size
+        self.mask_scoring = cfg.mask_scoring
+        self.mask_threshold = cfg.mask_threshold
         # inference: run the semantic head only over the part of P2 the RoIs can read (exact)
         self.semantic_window = True
         # training: positive RoIs per image that train the mask branch (0: all, up to 128 of the
@@ -86,6 +89,10 @@ class RefineRoIHeads(RoIHeads):
             boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
             head_labels = [lbl - 1 for lbl in labels]
             mask_logits = self.predict_masks(features, boxes, head_labels)
+            if self.mask_scoring:
+                for i, (s, m) in enumerate(zip(scores, mask_logits)):
+                    scores[i], order = rescore_by_mask(s, m, self.mask_threshold)
+                    boxes[i], head_labels[i], mask_logits[i] = boxes[i][order], head_labels[i][order], m[order]
             return [
                 {"boxes": b, "labels": lbl, "scores": s, "mask_logits": m}
                 for b, lbl, s, m in zip(boxes, head_labels, scores, mask_logits)
@@ -183,6 +190,17 @@ class RefineRoIHeads(RoIHeads):
         for b, shape in zip(chosen.split([len(b) for b in boxes]), image_shapes):
             out.append(box_ops.clip_boxes_to_image(b, shape))
         return out
+
+
+def rescore_by_mask(scores: torch.Tensor, mask_logits: torch.Tensor, threshold: float = 0.5):
+    """``scores`` × each mask's mean foreground probability (over its pixels at or above
+    ``threshold``; 0 for an empty mask), and the order that ranks them best first."""
+    prob = mask_logits.flatten(1).float().sigmoid()
+    fg = prob >= threshold
+    maskness = (prob * fg).sum(1) / fg.sum(1).clamp(min=1)
+    new = scores * maskness.to(scores.dtype)
+    order = torch.argsort(new, descending=True, stable=True)
+    return new[order], order
 
 
 def semantic_window(rois: torch.Tensor, size: tuple[int, int], reach: int, min_saving: float = 0.1):
