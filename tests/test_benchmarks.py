@@ -29,3 +29,20 @@ def test_bench_refine_quality_small(tmp_path):
     scores = json.loads(out.read_text())
     assert {s["set"] for s in scores} == {"coco-mval-dev", "coco-extra"}
     assert all(0.0 <= s["mIoU"] <= 1.0 and s["count"] > 0 for s in scores)
+
+
+def test_bench_predict_quality_small(tmp_path):
+    shared_path("data", "coco-extra", "instances.json")
+    weights = default_weights_path("predict")
+    if not weights.is_file():
+        pytest.skip("no predict weights shipped")
+    out = tmp_path / "scores.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_predict_quality.py"), "--device", "cpu",
+                        "--limit", "2", "--variant", "mask_scoring=0", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "default" in r.stdout and "mask_scoring=0" in r.stdout and "boxAP50" in r.stdout
+    rows = json.loads(out.read_text())
+    for row in rows.values():
+        assert all(0.0 <= row[k] <= 1.0 for k in ("segm_AP", "segm_AP50", "boundary_AP", "bbox_AP50"))
+        assert 0.05 <= row["best"]["threshold"] < 1 and len(row["curve"]) == 19
