@@ -96,22 +96,24 @@ def test_masks_to_priors():
     assert (priors[1] == 0.5).all()  # box only: unknown
 
 
-def test_threshold_and_max_detections_inside_the_model_keep_the_same_detections(tmp_path):
-    """Dropping low scores before NMS and masking only the kept detections changes nothing kept."""
+@pytest.mark.parametrize("mask_scoring", [False, True])
+def test_threshold_and_max_detections_inside_the_model_keep_the_same_detections(tmp_path, mask_scoring):
+    """Dropping low scores before NMS and masking only the kept detections changes nothing kept;
+    with mask scoring the best max_detections are the best by the rescored score."""
     from refinemask_cli.weights import load_model
 
     from .cocofix import tiny_weights
     from .helpers import ellipse_scene
 
-    model, _ = load_model(tiny_weights(tmp_path / "t.pt", box_score_thresh=0.0))
+    model, _ = load_model(tiny_weights(tmp_path / "t.pt", box_score_thresh=0.0, mask_scoring=mask_scoring))
     img = ellipse_scene(64, 80)[0]
     p = Predictor(model, device="cpu")
     everything = p.predict([img])[0]
     assert len(everything) > 4
     thr = float(np.sort(everything.scores)[::-1][4])  # five detections score at least this
-    kept = p.predict([img], score_threshold=thr, max_detections=3)[0]
-    assert len(kept) == 3 and np.allclose(kept.scores, everything.scores[:3])
-    assert np.allclose(kept.boxes, everything.boxes[:3], atol=1e-4)
-    for a, b in zip(kept.masks, everything.masks[:3]):
+    kept = p.predict([img], score_threshold=thr, max_detections=4)[0]
+    assert len(kept) == 4 and np.allclose(kept.scores, everything.scores[:4])
+    assert np.allclose(kept.boxes, everything.boxes[:4], atol=1e-4)
+    for a, b in zip(kept.masks, everything.masks[:4]):
         assert np.array_equal(a.full(64, 80), b.full(64, 80))
     assert (p.model.roi_heads.score_thresh, p.model.roi_heads.detections_per_img) == (0.0, 10)  # restored

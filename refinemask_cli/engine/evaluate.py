@@ -254,9 +254,9 @@ def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = Fa
               else [float(v) for v in mask_utils.toBbox(r["segmentation"])]} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt_coco.loadRes(results)
-        boxes = gt_coco.loadRes(boxes)
+        box_dt = gt_coco.loadRes(boxes)
         for name, ev in (("segm", COCOeval(gt_coco, dt, "segm")), ("boundary", BoundaryCOCOeval(gt_coco, dt)),
-                         ("bbox", COCOeval(gt_coco, boxes, "bbox"))):
+                         ("bbox", COCOeval(gt_coco, box_dt, "bbox"))):
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
