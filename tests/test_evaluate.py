@@ -7,6 +7,7 @@ from refinemask_cli.engine.evaluate import (
     band_accuracies,
     boundary_iou,
     boundary_width,
+    _quiet_coco,
     evaluate_by_id,
     evaluate_detections,
     mask_boundary,
@@ -106,6 +107,17 @@ def test_detections_ap_perfect_and_empty():
     no_box = {k: v for k, v in results[0].items() if k != "bbox"}
     assert evaluate_detections(gt, [no_box])["bbox_AP"] == pytest.approx(1.0)
     assert evaluate_detections(gt, [])["bbox_AP"] == 0.0
+
+
+def test_ground_truth_without_info_gets_one_for_load_res():
+    # pycocotools 2.0.10's loadRes copies the ground truth's "info" (KeyError where a file has none, as
+    # evaluate raised on the GPU machine's pycocotools); the file's own "info" is kept where it has one
+    a = np.zeros((20, 20), bool)
+    a[2:9, 3:12] = True
+    gt = _doc([a], [1])
+    assert "info" not in gt
+    assert _quiet_coco(gt).dataset["info"] == {} and "info" not in gt
+    assert _quiet_coco({**gt, "info": {"year": 2017}}).dataset["info"] == {"year": 2017}
 
 
 def test_evaluate_cli_by_id_json(tmp_path):

