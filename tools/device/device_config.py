@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from pathlib import Path
+
+# the stdlib tomllib, or tomli on Python 3.10
+from refinemask_cli.engine.config import tomllib
 
 
 def toml_value(v) -> str:
