@@ -134,3 +134,34 @@ def test_mask_scoring_reranks_the_same_detections():
     assert torch.allclose(b["scores"], expected)
     assert torch.equal(b["boxes"], a["boxes"][order]) and torch.equal(b["mask_logits"], a["mask_logits"][order])
     assert (b["scores"][:-1] >= b["scores"][1:]).all() and (b["scores"] <= a["scores"][order]).all()
+
+
+def test_anchor_sizes_are_the_rpns_and_checked():
+    """``anchor_sizes`` sets the RPN's anchor side per level (state dict unchanged, so a checkpoint
+    trained with one set loads into another); a malformed set is refused with what is expected."""
+    from refinemask_cli.model.config import ModelConfig
+
+    def level_sides(model):
+        return [s[0] for s in model.rpn.anchor_generator.sizes]
+
+    default = build_model(tiny_config())
+    small = build_model(tiny_config(anchor_sizes=(16, 32, 64, 128, 256)))
+    assert level_sides(default) == [32, 64, 128, 256, 512]
+    assert level_sides(small) == [16, 32, 64, 128, 256]
+    small.load_state_dict(default.state_dict())
+    cfg = ModelConfig.from_dict(tiny_config(anchor_sizes=(24, 48, 96, 192, 384)).to_dict())
+    assert cfg.anchor_sizes == (24, 48, 96, 192, 384)
+    for bad in [(32, 64, 128, 256), (64, 32, 128, 256, 512), (2, 8, 16, 32, 64)]:
+        with pytest.raises(ValueError, match="anchor_sizes"):
+            tiny_config(anchor_sizes=bad)
+    # the anchors the RPN lays over an image are half as wide with the halved sides
+    img, _, _ = ellipse_scene()
+
+    def narrowest_anchor(model):
+        images, _ = model.eval().transform([image_tensor(img)])
+        with torch.no_grad():
+            anchors = model.rpn.anchor_generator(images, list(model.backbone(images.tensors).values()))[0]
+        return (anchors[:, 2] - anchors[:, 0]).min().item()
+
+    # base anchors are rounded to whole pixels, hence the tolerance
+    assert narrowest_anchor(small) == pytest.approx(narrowest_anchor(default) / 2, rel=0.1)

@@ -44,6 +44,9 @@ class ModelConfig:
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # RPN
+    # the RPN's square anchor side on each FPN level P2..P6 (three aspect ratios each), in model-input
+    # pixels; torchvision's and the paper's 32..512. Smaller sides favour small objects at small inputs.
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 1000
     rpn_pre_nms_top_n_test: int = 1000
@@ -89,6 +92,9 @@ class ModelConfig:
             errors.append(f"zoom_size must be 0 (none) or >= 32, got {self.zoom_size}")
         if not 0.0 <= self.zoom_margin <= 4.0:
             errors.append(f"zoom_margin must be in [0, 4], got {self.zoom_margin}")
+        if len(self.anchor_sizes) != 5 or any(a < 4 for a in self.anchor_sizes) or any(
+                b <= a for a, b in zip(self.anchor_sizes, self.anchor_sizes[1:])):
+            errors.append(f"anchor_sizes must be 5 increasing sides >= 4 (levels P2..P6), got {self.anchor_sizes}")
         if errors:
             raise ValueError("invalid model config: " + "; ".join(errors))
 

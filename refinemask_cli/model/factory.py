@@ -18,7 +18,7 @@ LEVELS = ["0", "1", "2", "3"]
 def build_model(cfg: ModelConfig) -> RefineMaskRCNN:
     c = cfg.fpn_channels
     backbone = build_backbone(cfg.backbone, c, cfg.trainable_backbone_layers)
-    anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    anchors = AnchorGenerator(tuple((int(a),) for a in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
     rpn = RegionProposalNetwork(
         anchors,
         RPNHead(c, anchors.num_anchors_per_location()[0]),
