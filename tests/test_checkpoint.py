@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from refinemask_cli.model import build_model
-from refinemask_cli.weights import WeightsError, load_model, read_checkpoint, save_checkpoint
+from refinemask_cli.weights import WeightsError, average_weights, load_model, read_checkpoint, save_checkpoint
 
 from .helpers import tiny_config
 
@@ -49,3 +49,33 @@ def test_other_architecture_names_keys(tmp_path):
     torch.save(ckpt, tmp_path / "other.pt")
     with pytest.raises(WeightsError, match="shape mismatches: .*cls_score"):
         load_model(tmp_path / "other.pt")
+
+
+def test_average_weights_is_the_mean_of_every_tensor(tmp_path):
+    torch.manual_seed(0)
+    models = [build_model(tiny_config()) for _ in range(3)]
+    paths = [tmp_path / f"m{i}.pt" for i in range(3)]
+    for m, p in zip(models, paths):
+        save_checkpoint(m, p, {"run": p.stem})
+    avg, first = average_weights(paths)
+    assert first["meta"] == {"run": "m0"}
+    got, states = avg.state_dict(), [m.state_dict() for m in models]
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert not torch.equal(states[0][key], states[1][key])
+    for k, v in got.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, sum(s[k] for s in states) / 3, atol=1e-6), k
+    # a float16 file averages in float32 with the others; one file is itself
+    save_checkpoint(models[1], tmp_path / "half.pt", half=True)
+    assert torch.allclose(average_weights([paths[0], tmp_path / "half.pt"])[0].state_dict()[key],
+                          (states[0][key] + states[1][key].half().float()) / 2, atol=1e-6)
+    assert torch.equal(average_weights(paths[:1])[0].state_dict()[key], states[0][key])
+
+
+def test_average_weights_refuses_another_architecture(tmp_path):
+    save_checkpoint(build_model(tiny_config()), tmp_path / "a.pt")
+    save_checkpoint(build_model(tiny_config(fpn_channels=48)), tmp_path / "b.pt")
+    with pytest.raises(WeightsError, match=r"b\.pt: does not fit the architecture of .*a\.pt"):
+        average_weights([tmp_path / "a.pt", tmp_path / "b.pt"])
+    with pytest.raises(WeightsError, match="no checkpoints"):
+        average_weights([])

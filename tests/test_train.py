@@ -194,3 +194,18 @@ def test_warmup_takes_at_most_a_fifth_of_a_short_run():
     assert lr_at(45, short) == pytest.approx(0.0002)  # after the first step decay
     recipe = TrainSettings(iters=300, lr=0.01, warmup_iters=50, steps=(0.75, 0.92))  # unchanged
     assert lr_at(25, recipe) == pytest.approx(0.01 * (0.001 + 0.999 * 25 / 50)) and lr_at(50, recipe) == 0.01
+
+
+def test_every_shipped_recipe_loads():
+    """The recipes in weights/ (the model cards' "reproduce" lines) parse, and their [model] tables
+    are valid architectures."""
+    from pathlib import Path
+
+    from refinemask_cli.engine.run import resolve_model_config
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "weights").glob("*.toml"))
+    assert len(recipes) >= 7
+    for path in recipes:
+        cfg = load_train_config(path, {})
+        assert cfg.iters > 0 and cfg.datasets, path.name
+        resolve_model_config(cfg)

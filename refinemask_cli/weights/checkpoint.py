@@ -154,6 +154,28 @@ def load_state_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
+def average_weights(paths: list[str | os.PathLike]) -> tuple[RefineMaskRCNN, dict[str, Any]]:
+    """The uniform average of several checkpoints of one architecture (a "model soup": runs fine-tuned
+    from the same start often score better averaged than any one of them), as the first file's model;
+    also returns the first file's checkpoint. Files that do not fit the first one's model are refused."""
+    if not paths:
+        raise WeightsError("no checkpoints to average")
+    model, first = load_model(paths[0])
+    total = {k: v.double() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    for path in paths[1:]:
+        state = read_checkpoint(path)["state_dict"]
+        problem = describe_mismatch(model, state)
+        if problem:
+            raise WeightsError(f"{path}: does not fit the architecture of {paths[0]} ({problem})")
+        for k, v in state.items():
+            if v.is_floating_point():
+                total[k] += v.double()
+    own = model.state_dict()
+    model.load_state_dict({k: (v / len(paths)).to(own[k].dtype) if v.is_floating_point() else v
+                           for k, v in total.items()})
+    return model, first
+
+
 DEFAULT_WEIGHTS_NAME = "refinemask_mnv2_agnostic.pt"
 # the shipped default for `predict`: the same family with its detector trained and the whole
 # network fine-tuned on whole images (the refine default's detector is untrained, by design)

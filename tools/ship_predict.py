@@ -1,0 +1,55 @@
+"""Write the shipped predict weights from trained runs: their uniform average when several are given
+(a "model soup" of runs fine-tuned from one start), the input size chosen on the held-back fifth,
+mask scoring on, float16, and the predict defaults (score threshold, max detections) read from a
+`benchmarks/bench_predict_quality.py --json` result of the same weights and size.
+
+    python tools/ship_predict.py RUN.pt [RUN2.pt ...] --bench BENCH.json --variant min_size=448,max_size=704
+        -o weights/refinemask_mnv2_predict.pt [--meta KEY=VALUE ...]
+
+The threshold is the bench's best-F1 one; max detections 1.5 × the most it kept in one image,
+rounded up to tens, at least 20.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from refinemask_cli.model import build_model
+from refinemask_cli.weights import average_weights, read_checkpoint, save_checkpoint
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--bench", type=Path, required=True, help="bench_predict_quality.py --json output")
+    ap.add_argument("--variant", required=True, help="the bench row to ship, e.g. min_size=448,max_size=704")
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    ap.add_argument("--meta", action="append", default=[], help="KEY=VALUE to record in the file's meta")
+    args = ap.parse_args()
+    res = json.loads(args.bench.read_text())[args.variant]
+    sizes = dict(part.split("=") for part in args.variant.split(",") if part.split("=")[0] in ("min_size", "max_size"))
+    model, first = average_weights(args.runs)
+    shas = [read_checkpoint(p)["sha256"][:12] for p in args.runs]
+    shipped = build_model(model.cfg.replace(mask_scoring=True, **{k: int(v) for k, v in sizes.items()}))
+    shipped.load_state_dict(model.state_dict())
+    best = res["best"]
+    meta = {k: v for k, v in first.get("meta", {}).items() if k not in ("from_file", "soup")}
+    if len(args.runs) > 1:  # one run's step count would mislead; name the files by their tensors
+        meta.pop("trained_iters", None)
+        meta["averaged_from"] = [f"{p.name} (tensors sha256 {sha})" for p, sha in zip(args.runs, shas)]
+    meta.update(dict(item.split("=", 1) for item in args.meta))
+    meta.update({
+        "detector": "trained",
+        "predict_score_threshold": float(best["threshold"]),
+        "predict_max_detections": max(20, -(-int(1.5 * best["max_detections_in_an_image"]) // 10) * 10),
+        "predict_defaults_from": "best mask F1 at IoU 0.5 on coco-extra's held-back fifth",
+        "holdout_mask_AP": round(res["segm_AP"], 4), "holdout_mask_AP50": round(res["segm_AP50"], 4),
+        "holdout_boundary_AP": round(res["boundary_AP"], 4), "holdout_box_AP50": round(res["bbox_AP50"], 4)})
+    sha = save_checkpoint(shipped.eval(), args.out, meta, half=True)
+    print(f"{args.out}: tensors sha256 {sha[:12]}, input {shipped.cfg.min_size} / {shipped.cfg.max_size}, "
+          f"threshold {meta['predict_score_threshold']}, max {meta['predict_max_detections']} per image")
+
+
+if __name__ == "__main__":
+    main()
