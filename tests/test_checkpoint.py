@@ -77,5 +77,11 @@ def test_average_weights_refuses_another_architecture(tmp_path):
     save_checkpoint(build_model(tiny_config(fpn_channels=48)), tmp_path / "b.pt")
     with pytest.raises(WeightsError, match=r"b\.pt: does not fit the architecture of .*a\.pt"):
         average_weights([tmp_path / "a.pt", tmp_path / "b.pt"])
+    # same tensors, another meaning: anchors of other sides are refused too; the input size is not
+    save_checkpoint(build_model(tiny_config(anchor_sizes=(16, 32, 64, 128, 256))), tmp_path / "c.pt")
+    with pytest.raises(WeightsError, match=r"c\.pt: trained with another anchor_sizes"):
+        average_weights([tmp_path / "a.pt", tmp_path / "c.pt"])
+    save_checkpoint(build_model(tiny_config(min_size=80)), tmp_path / "d.pt")
+    assert average_weights([tmp_path / "a.pt", tmp_path / "d.pt"])[0].cfg.min_size == 64
     with pytest.raises(WeightsError, match="no checkpoints"):
         average_weights([])

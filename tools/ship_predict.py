@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from refinemask_cli.model import build_model
-from refinemask_cli.weights import average_weights, read_checkpoint, save_checkpoint
+from refinemask_cli.weights import WeightsError, average_weights, read_checkpoint, save_checkpoint
 
 
 def main() -> None:
@@ -52,4 +52,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (WeightsError, KeyError, OSError, ValueError) as e:  # one line, exit 1, nothing written
+        raise SystemExit(f"error: {e}") from None

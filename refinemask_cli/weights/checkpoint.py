@@ -154,6 +154,12 @@ def load_state_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
+# config fields that give the same tensors a different meaning: checkpoints to be averaged must agree
+# on them (input size, thresholds and the like only decide how a model is run, not what it learned)
+MEANING_FIELDS = ("backbone", "num_classes", "class_names", "class_agnostic", "coarse_prior", "anchor_sizes",
+                  "image_mean", "image_std", "stage_sizes", "dilations")
+
+
 def average_weights(paths: list[str | os.PathLike]) -> tuple[RefineMaskRCNN, dict[str, Any]]:
     """The uniform average of several checkpoints of one architecture (a "model soup": runs fine-tuned
     from the same start often score better averaged than any one of them), as the first file's model;
@@ -163,7 +169,13 @@ def average_weights(paths: list[str | os.PathLike]) -> tuple[RefineMaskRCNN, dic
     model, first = load_model(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     for path in paths[1:]:
-        state = read_checkpoint(path)["state_dict"]
+        ckpt = read_checkpoint(path)
+        other = ModelConfig.from_dict(ckpt["config"])
+        differ = [f for f in MEANING_FIELDS if getattr(other, f) != getattr(model.cfg, f)]
+        if differ:
+            raise WeightsError(f"{path}: trained with another {', '.join(differ)} than {paths[0]}; "
+                               "only runs of one architecture can be averaged")
+        state = ckpt["state_dict"]
         problem = describe_mismatch(model, state)
         if problem:
             raise WeightsError(f"{path}: does not fit the architecture of {paths[0]} ({problem})")
