@@ -16,7 +16,12 @@ import json
 from pathlib import Path
 
 from refinemask_cli.model import build_model
-from refinemask_cli.weights import WeightsError, average_weights, read_checkpoint, save_checkpoint
+from refinemask_cli.weights import (
+    WeightsError,
+    average_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def main() -> None:
@@ -27,7 +32,10 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--meta", action="append", default=[], help="KEY=VALUE to record in the file's meta")
     args = ap.parse_args()
-    res = json.loads(args.bench.read_text())[args.variant]
+    rows = json.loads(args.bench.read_text())
+    if args.variant not in rows:
+        raise ValueError(f"{args.bench}: no row {args.variant!r} (it has {', '.join(map(repr, rows))})")
+    res = rows[args.variant]
     sizes = dict(part.split("=") for part in args.variant.split(",") if part.split("=")[0] in ("min_size", "max_size"))
     model, first = average_weights(args.runs)
     shas = [read_checkpoint(p)["sha256"][:12] for p in args.runs]
@@ -54,5 +62,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (WeightsError, KeyError, OSError, ValueError) as e:  # one line, exit 1, nothing written
+    except (WeightsError, OSError, ValueError) as e:  # one line, exit 1, nothing written
         raise SystemExit(f"error: {e}") from None
