@@ -57,8 +57,8 @@ def test_average_weights_is_the_mean_of_every_tensor(tmp_path):
     paths = [tmp_path / f"m{i}.pt" for i in range(3)]
     for m, p in zip(models, paths):
         save_checkpoint(m, p, {"run": p.stem})
-    avg, first = average_weights(paths)
-    assert first["meta"] == {"run": "m0"}
+    avg, ckpts = average_weights(paths)
+    assert [c["meta"] for c in ckpts] == [{"run": "m0"}, {"run": "m1"}, {"run": "m2"}]
     got, states = avg.state_dict(), [m.state_dict() for m in models]
     key = "roi_heads.box_predictor.cls_score.weight"
     assert not torch.equal(states[0][key], states[1][key])

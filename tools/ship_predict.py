@@ -16,12 +16,7 @@ import json
 from pathlib import Path
 
 from refinemask_cli.model import build_model
-from refinemask_cli.weights import (
-    WeightsError,
-    average_weights,
-    read_checkpoint,
-    save_checkpoint,
-)
+from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
 
 
 def main() -> None:
@@ -37,15 +32,14 @@ def main() -> None:
         raise ValueError(f"{args.bench}: no row {args.variant!r} (it has {', '.join(map(repr, rows))})")
     res = rows[args.variant]
     sizes = dict(part.split("=") for part in args.variant.split(",") if part.split("=")[0] in ("min_size", "max_size"))
-    model, first = average_weights(args.runs)
-    shas = [read_checkpoint(p)["sha256"][:12] for p in args.runs]
+    model, ckpts = average_weights(args.runs)
     shipped = build_model(model.cfg.replace(mask_scoring=True, **{k: int(v) for k, v in sizes.items()}))
     shipped.load_state_dict(model.state_dict())
     best = res["best"]
-    meta = {k: v for k, v in first.get("meta", {}).items() if k not in ("from_file", "soup")}
+    meta = {k: v for k, v in ckpts[0].get("meta", {}).items() if k not in ("from_file", "soup")}
     if len(args.runs) > 1:  # one run's step count would mislead; name the files by their tensors
         meta.pop("trained_iters", None)
-        meta["averaged_from"] = [f"{p.name} (tensors sha256 {sha})" for p, sha in zip(args.runs, shas)]
+        meta["averaged_from"] = [f"{p.name} (tensors sha256 {c['sha256'][:12]})" for p, c in zip(args.runs, ckpts)]
     meta.update(dict(item.split("=", 1) for item in args.meta))
     meta.update({
         "detector": "trained",

@@ -160,16 +160,19 @@ MEANING_FIELDS = ("backbone", "num_classes", "class_names", "class_agnostic", "c
                   "image_mean", "image_std", "stage_sizes", "dilations")
 
 
-def average_weights(paths: list[str | os.PathLike]) -> tuple[RefineMaskRCNN, dict[str, Any]]:
+def average_weights(paths: list[str | os.PathLike]) -> tuple[RefineMaskRCNN, list[dict[str, Any]]]:
     """The uniform average of several checkpoints of one architecture (a "model soup": runs fine-tuned
     from the same start often score better averaged than any one of them), as the first file's model;
-    also returns the first file's checkpoint. Files that do not fit the first one's model are refused."""
+    also returns the checkpoints read, in order (meta, sha256). Files that do not fit the first one's
+    model are refused."""
     if not paths:
         raise WeightsError("no checkpoints to average")
     model, first = load_model(paths[0])
+    ckpts = [first]
     total = {k: v.double() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     for path in paths[1:]:
         ckpt = read_checkpoint(path)
+        ckpts.append(ckpt)
         other = ModelConfig.from_dict(ckpt["config"])
         differ = [f for f in MEANING_FIELDS if getattr(other, f) != getattr(model.cfg, f)]
         if differ:
@@ -185,7 +188,7 @@ def average_weights(paths: list[str | os.PathLike]) -> tuple[RefineMaskRCNN, dic
     own = model.state_dict()
     model.load_state_dict({k: (v / len(paths)).to(own[k].dtype) if v.is_floating_point() else v
                            for k, v in total.items()})
-    return model, first
+    return model, ckpts
 
 
 DEFAULT_WEIGHTS_NAME = "refinemask_mnv2_agnostic.pt"
