@@ -9,9 +9,13 @@ with other settings, all in ONE run on the same images:
     python benchmarks/bench_predict_quality.py --weights W.pt [--device auto] [--precision auto]
         [--set coco-extra] [--limit N] [--variant min_size=512 --variant masks=zoom ...] [--json OUT]
 
-Variant fields: ``min_size`` / ``max_size`` (the input size of the detector), ``masks`` (``whole``:
-the masks of the detection pass; ``zoom``: each detection refined in its own crop, as `refine`
-does, ``flip`` 0/1 with it), ``max_dets``, ``mask_scoring`` (0/1: scores times mask confidence).
+Variant fields: the inference settings of the weights (``model.config.INFERENCE_SETTINGS``):
+``min_size`` / ``max_size`` (the input size of the detector), ``max_dets``, ``mask_scoring`` (0/1:
+scores times mask confidence), ``mask_threshold`` (the mask probability kept as object),
+``box_nms`` (the box head's NMS IoU), ``score_thresh`` (its lowest score), ``vote`` (box voting IoU,
+0 = off); and ``masks`` (``whole``: the masks of the detection pass; ``zoom``: each detection refined
+in its own crop, as `refine` does, ``flip`` 0/1 with it). `tools/ship_predict.py` writes a row's
+inference settings into the shipped file.
 
 The threshold printed is the detection score that maximises F1 of matched masks at IoU 0.5 (each
 ground-truth object matched at most once, best score first): what `predict` should keep by default.
@@ -32,6 +36,7 @@ from refinemask_cli.engine.evaluate import as_one_class, evaluate_detections
 from refinemask_cli.geometry import encode_rle, segmentation_to_mask
 from refinemask_cli.io.coco import read_coco
 from refinemask_cli.io.images import read_image
+from refinemask_cli.model.config import inference_changes
 from refinemask_cli.predictor import Predictor, RefineSettings
 from refinemask_cli.weights import load_model
 from refinemask_cli.weights.checkpoint import default_weights_path
@@ -51,15 +56,20 @@ def agnostic_holdout(data: Path, limit: int | None = None) -> dict:
 
 
 def parse_variant(text: str) -> dict:
-    out: dict = {}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.partition("=")
-        if key in ("min_size", "max_size", "max_dets", "flip", "mask_scoring"):
+    """A row's settings: ``config`` (the model's inference settings, model.config.INFERENCE_SETTINGS)
+    and this benchmark's own ``masks`` and ``flip``."""
+    try:
+        changes, rest = inference_changes(text)
+    except ValueError as e:
+        raise SystemExit(f"bad variant {text!r}: {e}") from None
+    out: dict = {"config": changes}
+    for key, value in rest.items():
+        if key == "flip" and value in ("0", "1"):
             out[key] = int(value)
         elif key == "masks" and value in ("whole", "zoom"):
             out[key] = value
         else:
-            raise SystemExit(f"bad variant field {part!r}")
+            raise SystemExit(f"bad variant field {key}={value!r}")
     return out
 
 
@@ -108,16 +118,10 @@ def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
 
 
 def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, precision: str) -> dict:
-    cfg = model.cfg
-    changes = {k: variant[k] for k in ("min_size", "max_size") if k in variant}
-    if "max_dets" in variant:
-        changes["detections_per_img"] = variant["max_dets"]
-    if "mask_scoring" in variant:
-        changes["mask_scoring"] = bool(variant["mask_scoring"])
-    if changes:
+    if variant.get("config"):
         from refinemask_cli.model import build_model
 
-        m = build_model(cfg.replace(**changes))
+        m = build_model(model.cfg.replace(**variant["config"]))
         m.load_state_dict(model.state_dict())
         model = m.eval()
     predictor = Predictor(model, device=device, precision=precision)

@@ -165,3 +165,50 @@ def test_anchor_sizes_are_the_rpns_and_checked():
 
     # base anchors are rounded to whole pixels, hence the tolerance
     assert narrowest_anchor(small) == pytest.approx(narrowest_anchor(default) / 2, rel=0.1)
+
+
+def test_vote_boxes_golden():
+    from refinemask_cli.model.detector import vote_boxes
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 12]])
+    scores = torch.tensor([0.9, 0.3, 0.8, 0.6])
+    labels = torch.tensor([0, 0, 0, 1])  # the last one overlaps the first but is another class
+    voted = vote_boxes(boxes, scores, labels, torch.tensor([0, 2]), 0.5)  # IoU(0, 1) = 81 / 119
+    assert torch.allclose(voted, torch.tensor([[0.25, 0.25, 10.25, 10.25], [50, 50, 60, 60]]), atol=1e-5)
+    assert vote_boxes(boxes, scores, labels, torch.tensor([0]), 0.7).tolist() == [[0, 0, 10, 10]]
+    assert vote_boxes(boxes, scores, labels, torch.tensor([], dtype=torch.long), 0.5).shape == (0, 4)
+
+
+def test_box_voting_keeps_the_detections_and_moves_their_boxes():
+    """``box_vote_iou`` changes where kept boxes lie, never which detections NMS keeps or their scores."""
+    torch.manual_seed(0)
+    plain = build_model(tiny_config(box_score_thresh=0.0)).eval()
+    voting = build_model(tiny_config(box_score_thresh=0.0, box_vote_iou=0.6)).eval()
+    voting.load_state_dict(plain.state_dict())
+    img, _, _ = ellipse_scene()
+    with torch.no_grad():
+        a = plain([image_tensor(img)])[0]
+        b = voting([image_tensor(img)])[0]
+    assert len(a["scores"]) > 2 and torch.equal(a["scores"], b["scores"])
+    moved = (a["boxes"] - b["boxes"]).abs().amax(1)
+    assert (moved > 1e-3).any() and (moved < 0.5 * (a["boxes"][:, 2:] - a["boxes"][:, :2]).amax(1)).all()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="box_vote_iou"):
+            tiny_config(box_vote_iou=bad)
+
+
+def test_inference_changes_parse_the_settings_a_bench_row_or_shipped_file_may_change():
+    from refinemask_cli.model.config import ModelConfig, inference_changes
+
+    changes, rest = inference_changes("min_size=448,max_size=704,mask_threshold=0.4,vote=0.75,mask_scoring=1,masks=zoom")
+    assert changes == {"min_size": 448, "max_size": 704, "mask_threshold": 0.4, "box_vote_iou": 0.75,
+                       "mask_scoring": True}
+    assert rest == {"masks": "zoom"}
+    assert ModelConfig().replace(**changes).box_vote_iou == 0.75
+    assert inference_changes("") == ({}, {})
+    for bad, says in (("min_size=big", "min_size='big': expected an integer"), ("vote", "not key=value"),
+                      ("mask_scoring=yes", "expected 0 or 1"), ("vote=high", "expected a number")):
+        with pytest.raises(ValueError, match=says):
+            inference_changes(bad)
+    with pytest.raises(ValueError, match="mask_threshold"):
+        ModelConfig().replace(mask_threshold=1.0)

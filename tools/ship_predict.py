@@ -1,9 +1,11 @@
 """Write the shipped predict weights from trained runs: their uniform average when several are given
 (a "model soup" of runs fine-tuned from one start), the input size chosen on the held-back fifth,
 mask scoring on, float16, and the predict defaults (score threshold, max detections) read from a
-`benchmarks/bench_predict_quality.py --json` result of the same weights and size.
+`benchmarks/bench_predict_quality.py --json` result of the same weights, and the inference settings
+of the bench row chosen (input size, mask threshold, box voting, ...).
 
-    python tools/ship_predict.py RUN.pt [RUN2.pt ...] --bench BENCH.json --variant min_size=448,max_size=704
+    python tools/ship_predict.py RUN.pt [RUN2.pt ...] --bench BENCH.json \
+        --variant min_size=448,max_size=704,mask_threshold=0.4,vote=0.75 \
         -o weights/refinemask_mnv2_predict.pt [--meta KEY=VALUE ...]
 
 The threshold is the bench's best-F1 one; max detections 1.5 × the most it kept in one image,
@@ -16,6 +18,7 @@ import json
 from pathlib import Path
 
 from refinemask_cli.model import build_model
+from refinemask_cli.model.config import INFERENCE_SETTINGS, inference_changes
 from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
 
 
@@ -31,9 +34,12 @@ def main() -> None:
     if args.variant not in rows:
         raise ValueError(f"{args.bench}: no row {args.variant!r} (it has {', '.join(map(repr, rows))})")
     res = rows[args.variant]
-    sizes = dict(part.split("=") for part in args.variant.split(",") if part.split("=")[0] in ("min_size", "max_size"))
+    changes, rest = inference_changes(args.variant)
+    if rest:
+        raise ValueError(f"--variant {args.variant!r}: {', '.join(rest)} cannot be stored in weights "
+                         f"(only {', '.join(INFERENCE_SETTINGS)})")
     model, ckpts = average_weights(args.runs)
-    shipped = build_model(model.cfg.replace(mask_scoring=True, **{k: int(v) for k, v in sizes.items()}))
+    shipped = build_model(model.cfg.replace(**{"mask_scoring": True, **changes}))
     shipped.load_state_dict(model.state_dict())
     best = res["best"]
     meta = {k: v for k, v in ckpts[0].get("meta", {}).items() if k not in ("from_file", "soup")}

@@ -57,6 +57,9 @@ class ModelConfig:
     box_positive_fraction: float = 0.25
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
+    # box voting: each box kept by NMS moves to the score-weighted mean of the candidates (of its
+    # class) overlapping it by at least this IoU, itself included; 0 = off (the paper's model)
+    box_vote_iou: float = 0.0
     detections_per_img: int = 100
     mask_threshold: float = 0.5
     # rank detections by score × the mean foreground probability of their mask (SOLOv2's "maskness"):
@@ -86,6 +89,10 @@ class ModelConfig:
             errors.append("stage_loss_weights needs one weight per stage")
         if self.fpn_channels % 8 or self.fpn_channels < 32:
             errors.append(f"fpn_channels must be a multiple of 8 and >= 32, got {self.fpn_channels}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            errors.append(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
+        if not 0.0 <= self.box_vote_iou <= 1.0:
+            errors.append(f"box_vote_iou must be in [0, 1] (0: no voting), got {self.box_vote_iou}")
         if not 0.0 <= self.prior_probability <= 1.0:
             errors.append("prior_probability must be in [0, 1]")
         if self.zoom_size and self.zoom_size < 32:
@@ -120,3 +127,39 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+# the inference settings a benchmark row (`--variant`) or a shipped predict file may change, by their
+# short names: (ModelConfig field, parser of the value)
+INFERENCE_SETTINGS = {
+    "min_size": ("min_size", int),
+    "max_size": ("max_size", int),
+    "max_dets": ("detections_per_img", int),
+    "mask_scoring": ("mask_scoring", lambda v: bool(int(v))),
+    "box_nms": ("box_nms_thresh", float),
+    "mask_threshold": ("mask_threshold", float),
+    "score_thresh": ("box_score_thresh", float),
+    "vote": ("box_vote_iou", float),
+}
+
+
+def inference_changes(text: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``"min_size=448,vote=0.75,masks=zoom"`` → (the ModelConfig changes of its inference settings,
+    ``{"min_size": 448, "box_vote_iou": 0.75}``; the other pairs as given, ``{"masks": "zoom"}``).
+    Raises ValueError for a pair without ``=`` or a value that does not parse."""
+    changes: dict[str, Any] = {}
+    rest: dict[str, str] = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r} is not key=value")
+        if key not in INFERENCE_SETTINGS:
+            rest[key] = value
+            continue
+        field_name, parse = INFERENCE_SETTINGS[key]
+        try:
+            changes[field_name] = parse(value)
+        except ValueError:
+            expected = {int: "an integer", float: "a number"}.get(parse, "0 or 1")
+            raise ValueError(f"{key}={value!r}: expected {expected}") from None
+    return changes, rest

@@ -73,6 +73,8 @@ class RefineRoIHeads(RoIHeads):
         self.roi_chunk_size = cfg.roi_chunk_size
         self.mask_scoring = cfg.mask_scoring
         self.mask_threshold = cfg.mask_threshold
+        self.box_vote_iou = cfg.box_vote_iou
+        self.vote_floor = cfg.box_score_thresh
         # inference: run the semantic head only over the part of P2 the RoIs can read (exact)
         self.semantic_window = True
         # training: positive RoIs per image that train the mask branch (0: all, up to 128 of the
@@ -111,6 +113,30 @@ class RefineRoIHeads(RoIHeads):
             pos_inds.append(idx[pos])
         losses.update(self.mask_losses(features, pos_boxes, pos_labels, pos_inds, [t["masks"] for t in targets]))
         return losses
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        """torchvision's (decode, clip, drop background, low scores and empty boxes, NMS per class,
+        keep the best ``detections_per_img``), then with ``box_vote_iou`` each kept box voted.
+
+        The voters are every candidate down to the model's own score floor (``vote_floor``), also
+        when a caller raised ``score_thresh`` to keep fewer detections; greedy NMS keeps the same
+        boxes above the raised threshold either way."""
+        if not self.box_vote_iou:
+            return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        own = (self.score_thresh, self.nms_thresh, self.detections_per_img)
+        self.score_thresh = min(self.score_thresh, self.vote_floor)
+        self.nms_thresh, self.detections_per_img = 1.0, sum(len(p) for p in proposals) * class_logits.shape[-1]
+        try:  # every candidate, best first (NMS at IoU 1 suppresses nothing)
+            candidates = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        finally:
+            self.score_thresh, self.nms_thresh, self.detections_per_img = own
+        out: tuple[list, list, list] = ([], [], [])
+        for b, s, lbl in zip(*candidates):
+            keep = box_ops.batched_nms(b, s, lbl, self.nms_thresh)
+            keep = keep[s[keep] > self.score_thresh][: self.detections_per_img]
+            for acc, v in zip(out, (vote_boxes(b, s, lbl, keep, self.box_vote_iou), s[keep], lbl[keep])):
+                acc.append(v)
+        return out
 
     def mask_losses(
         self,
@@ -190,6 +216,17 @@ class RefineRoIHeads(RoIHeads):
         for b, shape in zip(chosen.split([len(b) for b in boxes]), image_shapes):
             out.append(box_ops.clip_boxes_to_image(b, shape))
         return out
+
+
+def vote_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
+               vote_iou: float) -> torch.Tensor:
+    """Boxes ``keep`` (indices) each replaced by the score-weighted mean of the candidates of its
+    label overlapping it by at least ``vote_iou`` (itself among them)."""
+    if keep.numel() == 0:
+        return boxes[keep]
+    weights = (box_ops.box_iou(boxes[keep], boxes) >= vote_iou) & (labels[keep][:, None] == labels[None])
+    weights = weights.to(scores.dtype) * scores[None]
+    return (weights @ boxes) / weights.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def rescore_by_mask(scores: torch.Tensor, mask_logits: torch.Tensor, threshold: float = 0.5):
