@@ -139,6 +139,10 @@ def weights_info(path: Path) -> None:
         ("input size", f"short side {cfg.min_size}, long side <= {cfg.max_size}"),
         ("refine mode (auto)", f"zoom: {cfg.zoom_size} px crops, margin {cfg.zoom_margin:g}" if cfg.zoom_size
          else "whole image"),
+        ("detections", f"box NMS at IoU {cfg.box_nms_thresh:g}"
+         + (f", boxes voted at IoU {cfg.box_vote_iou:g}" if cfg.box_vote_iou else "")
+         + (", ranked by score x mask confidence" if cfg.mask_scoring else "")
+         + f"; masks cut at probability {cfg.mask_threshold:g}"),
         ("parameters", f"{n_params / 1e6:.2f} M (mask head {n_mask / 1e6:.2f} M)"),
         ("storage", ", ".join(dtypes)),
         ("sha256", ckpt["sha256"]),
