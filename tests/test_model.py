@@ -212,3 +212,13 @@ def test_inference_changes_parse_the_settings_a_bench_row_or_shipped_file_may_ch
             inference_changes(bad)
     with pytest.raises(ValueError, match="mask_threshold"):
         ModelConfig().replace(mask_threshold=1.0)
+
+
+def test_vote_boxes_mixed_precision():
+    """Under autocast boxes and scores may come in different float types: the vote runs in float32
+    and returns the boxes' own type."""
+    from refinemask_cli.model.detector import vote_boxes
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11]], dtype=torch.bfloat16)
+    voted = vote_boxes(boxes, torch.tensor([0.9, 0.3]), torch.tensor([0, 0]), torch.tensor([0]), 0.5)
+    assert voted.dtype == torch.bfloat16 and torch.allclose(voted.float(), torch.tensor([[0.25, 0.25, 10.25, 10.25]]), atol=0.1)

@@ -225,8 +225,8 @@ def vote_boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, 
     if keep.numel() == 0:
         return boxes[keep]
     weights = (box_ops.box_iou(boxes[keep], boxes) >= vote_iou) & (labels[keep][:, None] == labels[None])
-    weights = weights.to(scores.dtype) * scores[None]
-    return (weights @ boxes) / weights.sum(1, keepdim=True).clamp(min=1e-12)
+    weights = weights.float() * scores.float()[None]  # in float32 whatever autocast made of boxes and scores
+    return ((weights @ boxes.float()) / weights.sum(1, keepdim=True).clamp(min=1e-12)).to(boxes.dtype)
 
 
 def rescore_by_mask(scores: torch.Tensor, mask_logits: torch.Tensor, threshold: float = 0.5):
