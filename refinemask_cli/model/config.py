@@ -140,6 +140,8 @@ INFERENCE_SETTINGS = {
     "mask_threshold": ("mask_threshold", float),
     "score_thresh": ("box_score_thresh", float),
     "vote": ("box_vote_iou", float),
+    "rpn_pre": ("rpn_pre_nms_top_n_test", int),
+    "rpn_post": ("rpn_post_nms_top_n_test", int),
 }
 
 
