@@ -85,3 +85,52 @@ def test_average_weights_refuses_another_architecture(tmp_path):
     assert average_weights([tmp_path / "a.pt", tmp_path / "d.pt"])[0].cfg.min_size == 64
     with pytest.raises(WeightsError, match="no checkpoints"):
         average_weights([])
+
+
+def test_ship_predict_writes_the_average_with_the_bench_rows_settings(tmp_path):
+    """tools/ship_predict.py: the average of the runs, float16, with the chosen row's inference settings
+    in its config and the row's best-F1 threshold in its meta; a row asking for what weights cannot
+    store, or a missing row, is one line and exit 1 with nothing written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .cocofix import tiny_weights
+
+    a = tiny_weights(tmp_path / "a.pt", train_steps=0)
+    torch.manual_seed(1)
+    other = build_model(read_checkpoint_config(a))
+    save_checkpoint(other.eval(), tmp_path / "b.pt", {})
+    row = "min_size=48,max_size=96,mask_threshold=0.4,vote=0.75"
+    best = {"threshold": 0.35, "max_detections_in_an_image": 9, "precision": 0.5, "recall": 0.5, "f1": 0.5}
+    scores = {"segm_AP": 0.1, "segm_AP50": 0.2, "boundary_AP": 0.05, "bbox_AP50": 0.25, "best": best}
+    (tmp_path / "bench.json").write_text(json.dumps({"default": scores, row: scores, "masks=zoom": scores}))
+    tool = Path(__file__).resolve().parents[1] / "tools" / "ship_predict.py"
+
+    def ship(variant, out):
+        return subprocess.run([sys.executable, str(tool), str(a), str(tmp_path / "b.pt"), "--bench",
+                               str(tmp_path / "bench.json"), "--variant", variant, "-o", str(out)],
+                              capture_output=True, text=True, timeout=300)
+
+    r = ship(row, tmp_path / "shipped.pt")
+    assert r.returncode == 0, r.stderr
+    ckpt = read_checkpoint(tmp_path / "shipped.pt")
+    cfg = ckpt["config"]
+    assert (cfg["min_size"], cfg["max_size"], cfg["mask_threshold"], cfg["box_vote_iou"], cfg["mask_scoring"]) == (
+        48, 96, 0.4, 0.75, True)
+    assert ckpt["meta"]["predict_score_threshold"] == 0.35 and ckpt["meta"]["predict_max_detections"] == 20
+    mean, _ = average_weights([a, tmp_path / "b.pt"])
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.allclose(ckpt["state_dict"][key].float(), mean.state_dict()[key].half().float())
+    for variant, says in (("masks=zoom", "cannot be stored"), ("min_size=64", "no row")):
+        r = ship(variant, tmp_path / "not.pt")
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
+        assert r.returncode == 1 and says in r.stderr and len(lines) == 1, r.stderr
+        assert not (tmp_path / "not.pt").exists()
+
+
+def read_checkpoint_config(path):
+    from refinemask_cli.model.config import ModelConfig
+
+    return ModelConfig.from_dict(read_checkpoint(path)["config"])
