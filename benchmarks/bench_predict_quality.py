@@ -13,9 +13,10 @@ Variant fields: the inference settings of the weights (``model.config.INFERENCE_
 ``min_size`` / ``max_size`` (the input size of the detector), ``max_dets``, ``mask_scoring`` (0/1:
 scores times mask confidence), ``mask_threshold`` (the mask probability kept as object),
 ``box_nms`` (the box head's NMS IoU), ``score_thresh`` (its lowest score), ``vote`` (box voting IoU,
-0 = off), ``rpn_pre`` / ``rpn_post`` (RPN proposals kept before / after its NMS); and ``masks`` (``whole``: the masks of the detection pass; ``zoom``: each detection refined
-in its own crop, as `refine` does, ``flip`` 0/1 with it). `tools/ship_predict.py` writes a row's
-inference settings into the shipped file.
+0 = off), ``rpn_pre`` / ``rpn_post`` (RPN proposals kept before / after its NMS); and ``masks``
+(``whole``: the masks of the detection pass; ``zoom``: each detection refined in its own crop, as
+`refine` does, ``flip`` 0/1 with it). `tools/ship_predict.py` writes a row's inference settings into
+the shipped file.
 
 The threshold printed is the detection score that maximises F1 of matched masks at IoU 0.5 (each
 ground-truth object matched at most once, best score first): what `predict` should keep by default.

@@ -100,7 +100,7 @@ def test_ship_predict_writes_the_average_with_the_bench_rows_settings(tmp_path):
 
     a = tiny_weights(tmp_path / "a.pt", train_steps=0)
     torch.manual_seed(1)
-    other = build_model(read_checkpoint_config(a))
+    other = build_model(load_model(a)[0].cfg)
     save_checkpoint(other.eval(), tmp_path / "b.pt", {})
     row = "min_size=48,max_size=96,mask_threshold=0.4,vote=0.75"
     best = {"threshold": 0.35, "max_detections_in_an_image": 9, "precision": 0.5, "recall": 0.5, "f1": 0.5}
@@ -128,9 +128,3 @@ def test_ship_predict_writes_the_average_with_the_bench_rows_settings(tmp_path):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
         assert r.returncode == 1 and says in r.stderr and len(lines) == 1, r.stderr
         assert not (tmp_path / "not.pt").exists()
-
-
-def read_checkpoint_config(path):
-    from refinemask_cli.model.config import ModelConfig
-
-    return ModelConfig.from_dict(read_checkpoint(path)["config"])

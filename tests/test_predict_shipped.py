@@ -17,9 +17,10 @@ from .test_formats_cli import voc_coco
 # AP50 0.134 on this photo (0.152 with the same tensors at mask threshold 0.5 without voting, although
 # those settings are better on the 425 held-back coco-extra objects, 0.247 against 0.235; 0.202 with
 # the previous file, 6e7b7927b7fe, although that one is worse there, 0.219: one photo of 19 objects is
-# a noisy measure; 0.097 with f6b745affb6e, 0.073 with 147f283685c9). Chance, as many random boxes filled as masks with random scores, gives 0.004 on
-# average over 10 seeds and 0.018 at most: the floor sits well above chance and below the files'
-# spread on this photo, so that it catches a broken detector, not noise between good ones.
+# a noisy measure; 0.097 with f6b745affb6e, 0.073 with 147f283685c9). Chance, as many random boxes
+# filled as masks with random scores, gives 0.004 on average over 10 seeds and 0.018 at most: the floor
+# sits well above chance and below the files' spread on this photo, so that it catches a broken
+# detector, not noise between good ones.
 AP50_FLOOR = 0.10
 @pytest.fixture(scope="module")
 def shipped():
