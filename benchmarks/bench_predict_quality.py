@@ -13,13 +13,17 @@ Variant fields: the inference settings of the weights (``model.config.INFERENCE_
 ``min_size`` / ``max_size`` (the input size of the detector), ``max_dets``, ``mask_scoring`` (0/1:
 scores times mask confidence), ``mask_threshold`` (the mask probability kept as object),
 ``box_nms`` (the box head's NMS IoU), ``score_thresh`` (its lowest score), ``vote`` (box voting IoU,
-0 = off), ``rpn_pre`` / ``rpn_post`` (RPN proposals kept before / after its NMS); and ``masks``
+0 = off), ``part`` / ``part_factor`` (a detection mostly inside a better one's mask demoted, 0 =
+off), ``rpn_pre`` / ``rpn_post`` (RPN proposals kept before / after its NMS); and ``masks``
 (``whole``: the masks of the detection pass; ``zoom``: each detection refined in its own crop, as
 `refine` does, ``flip`` 0/1 with it). `tools/ship_predict.py` writes a row's inference settings into
 the shipped file.
 
 The threshold printed is the detection score that maximises F1 of matched masks at IoU 0.5 (each
 ground-truth object matched at most once, best score first): what `predict` should keep by default.
+Beside it, what the false positives at that threshold are: duplicates of a found object, parts or
+loose outlines (IoU 0.1-0.5 with an object), or no labelled object at all (class-agnostic detection
+also finds things outside the set's categories, which count here as wrong).
 """
 from __future__ import annotations
 
@@ -75,7 +79,10 @@ def parse_variant(text: str) -> dict:
 
 
 def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
-    """Precision, recall and F1 at IoU 0.5 for each score threshold (crowd GT ignored)."""
+    """Precision, recall and F1 at IoU 0.5 for each score threshold (crowd GT ignored), and what the
+    false positives are: ``duplicate`` (IoU >= 0.5 with an object another detection already took),
+    ``part_or_loose`` (0.1 <= best IoU < 0.5: a part of an object, a loose outline, or a group) and
+    ``no_object`` (best IoU < 0.1: background, or an object the set does not label)."""
     by_image: dict[int, list[dict]] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)
@@ -87,34 +94,36 @@ def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
             rle = encode_rle(segmentation_to_mask(a["segmentation"], im["height"], im["width"]))
             gts.setdefault(a["image_id"], []).append(rle)
     n_gt = sum(len(v) for v in gts.values())
+    ious = {}  # per image, detections best score first: their IoU with each object
+    for image_id, dets in by_image.items():
+        dets.sort(key=lambda d: -d["score"])
+        g = gts.get(image_id, [])
+        ious[image_id] = (np.asarray(mask_utils.iou([d["segmentation"] for d in dets], g, [0] * len(g)))
+                          if g else np.zeros((len(dets), 0)))
     rows = []
     for thr in THRESHOLDS:
-        tp = fp = 0
+        tp = 0
+        fps = {"duplicate": 0, "part_or_loose": 0, "no_object": 0}
         for image_id, dets in by_image.items():
-            dets = sorted((d for d in dets if d["score"] >= thr), key=lambda d: -d["score"])
-            g = gts.get(image_id, [])
-            if not dets:
-                continue
-            if not g:
-                fp += len(dets)
-                continue
-            ious = np.asarray(mask_utils.iou([d["segmentation"] for d in dets], g, [0] * len(g)))
-            taken = np.zeros(len(g), bool)
-            for row in ious:
-                row = np.where(taken, -1, row)
-                j = int(row.argmax())
-                if row[j] >= 0.5:
+            n = sum(1 for d in dets if d["score"] >= thr)
+            taken = np.zeros(ious[image_id].shape[1], bool)
+            for row in ious[image_id][:n]:
+                free = np.where(taken, -1, row)
+                j = int(free.argmax()) if len(row) else -1
+                if j >= 0 and free[j] >= 0.5:
                     taken[j] = True
                     tp += 1
                 else:
-                    fp += 1
+                    best = float(row.max()) if len(row) else 0.0
+                    fps["duplicate" if best >= 0.5 else "part_or_loose" if best >= 0.1 else "no_object"] += 1
+        fp = sum(fps.values())
         precision = tp / max(tp + fp, 1)
         recall = tp / max(n_gt, 1)
         f1 = 2 * precision * recall / max(precision + recall, 1e-9)
         kept = [sum(1 for d in by_image.get(im["id"], []) if d["score"] >= thr) for im in gt["images"]]
         rows.append({"threshold": thr, "precision": precision, "recall": recall, "f1": f1,
                      "detections_per_image": sum(kept) / max(len(gt["images"]), 1),
-                     "max_detections_in_an_image": max(kept, default=0)})
+                     "max_detections_in_an_image": max(kept, default=0), "false_positives": fps})
     return rows
 
 
@@ -178,7 +187,9 @@ def main() -> int:
         print(f"{name:<28} {res['segm_AP']:6.3f} {res['segm_AP50']:6.3f} {res['segm_AP75']:6.3f} "
               f"{res['boundary_AP']:6.3f} {res['bbox_AP50']:7.3f} {res['images_per_s']:6.2f}  {b['threshold']:.2f} "
               f"({b['precision']:.2f}/{b['recall']:.2f}/{b['f1']:.2f}, {b['detections_per_image']:.1f}, "
-              f"max {b['max_detections_in_an_image']})", flush=True)
+              f"max {b['max_detections_in_an_image']}; false: {b['false_positives']['duplicate']} duplicate, "
+              f"{b['false_positives']['part_or_loose']} part/loose, {b['false_positives']['no_object']} no object)",
+              flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -1,11 +1,15 @@
-"""The quality benchmark in a CI-sized run: two held-back images of each set, every row printed.
-Needs ../shared/data (skipped without it, as on a user's machine) and the shipped weights."""
+"""The quality benchmarks in a CI-sized run: two held-back images of each set, every row printed (these
+need ../shared/data, skipped without it as on a user's machine, and the shipped weights); and their
+scoring functions on tiny synthetic masks (no data needed)."""
+import importlib.util
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from refinemask_cli.geometry import encode_rle
 from refinemask_cli.weights.checkpoint import default_weights_path
 
 from .conftest import ROOT, shared_path
@@ -21,7 +25,7 @@ def test_bench_refine_quality_small(tmp_path):
                         "--weights", str(default_weights_path()), "--device", "cpu", "--limit", "2",
                         "--sets", "coco-mval-dev", "coco-extra", "--variant", "mode=whole",
                         "--variant", "mode=zoom,flip=1", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
+                       check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     for row in ("coarse input: poly8", "OpenCV GrabCut from the box", "refine from boxes [mode=whole]",
                 "refine from poly8 [mode=zoom,flip=1]"):
@@ -39,10 +43,40 @@ def test_bench_predict_quality_small(tmp_path):
     out = tmp_path / "scores.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_predict_quality.py"), "--device", "cpu",
                         "--limit", "2", "--variant", "mask_scoring=0", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
+                       check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "default" in r.stdout and "mask_scoring=0" in r.stdout and "boxAP50" in r.stdout
     rows = json.loads(out.read_text())
     for row in rows.values():
         assert all(0.0 <= row[k] <= 1.0 for k in ("segm_AP", "segm_AP50", "boundary_AP", "bbox_AP50"))
         assert 0.05 <= row["best"]["threshold"] < 1 and len(row["curve"]) == 19
+
+
+def load_benchmark(name: str):
+    """A benchmark script as a module (benchmarks/ is not a package), for its functions."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _square(x0, y0, x1, y1, size=40):
+    m = np.zeros((size, size), np.uint8)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def test_f1_by_threshold_sorts_the_false_positives():
+    """One object found, then found again (duplicate), half of the other (part), and empty floor."""
+    bench = load_benchmark("bench_predict_quality")
+    a, b = _square(0, 0, 10, 10), _square(20, 20, 40, 40)
+    gt = {"images": [{"id": 1, "height": 40, "width": 40}],
+          "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": encode_rle(m)}
+                          for k, m in enumerate((a, b))]}
+    dets = [(a, 0.9), (_square(0, 0, 10, 9), 0.8), (_square(20, 20, 28, 40), 0.7), (_square(12, 0, 18, 6), 0.6)]
+    results = [{"image_id": 1, "category_id": 1, "score": s, "segmentation": encode_rle(m)} for m, s in dets]
+    rows = {r["threshold"]: r for r in bench.f1_by_threshold(gt, results)}
+    assert rows[0.85]["false_positives"] == {"duplicate": 0, "part_or_loose": 0, "no_object": 0}
+    assert rows[0.85]["precision"] == 1.0 and rows[0.85]["recall"] == 0.5
+    assert rows[0.5]["false_positives"] == {"duplicate": 1, "part_or_loose": 1, "no_object": 1}
+    assert rows[0.5]["precision"] == 0.25 and rows[0.5]["detections_per_image"] == 4
