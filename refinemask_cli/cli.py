@@ -142,6 +142,8 @@ def weights_info(path: Path) -> None:
         ("detections", f"box NMS at IoU {cfg.box_nms_thresh:g}"
          + (f", boxes voted at IoU {cfg.box_vote_iou:g}" if cfg.box_vote_iou else "")
          + (", ranked by score x mask confidence" if cfg.mask_scoring else "")
+         + (f", parts (>= {cfg.part_overlap:g} inside a better mask) scored x {cfg.part_score_factor:g}"
+            if cfg.part_overlap else "")
          + f"; masks cut at probability {cfg.mask_threshold:g}"),
         ("parameters", f"{n_params / 1e6:.2f} M (mask head {n_mask / 1e6:.2f} M)"),
         ("storage", ", ".join(dtypes)),

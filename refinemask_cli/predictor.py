@@ -274,12 +274,13 @@ class Predictor:
         heads = self.model.roi_heads
         # the mask head runs only on what is kept: detections under the threshold are dropped before
         # NMS (greedy by score, so the kept ones are the same) and only the best max_detections get
-        # masks. With mask scoring the ranking needs the masks (a rescored score is never higher, so
-        # the threshold may still go first): the cut to max_detections waits for the rescored order.
-        # Box voting still votes with the lower-scoring candidates (the model keeps its own floor).
+        # masks. With mask scoring or part demotion the ranking needs the masks (a rescored score is
+        # never higher, so the threshold may still go first): the cut to max_detections waits for the
+        # rescored order. Box voting still votes with the lower-scoring candidates (the model keeps its
+        # own floor).
         own = (heads.score_thresh, heads.detections_per_img)
         heads.score_thresh = max(own[0], score_threshold)
-        if not heads.mask_scoring:
+        if not (heads.mask_scoring or heads.part_overlap):
             heads.detections_per_img = max_detections or own[1]
         elif max_detections is not None:
             heads.detections_per_img = max(max_detections, own[1])

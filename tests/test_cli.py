@@ -38,8 +38,10 @@ def test_usage_error_exit_2():
 def test_weights_info_shows_how_detections_are_made(tmp_path):
     from .cocofix import tiny_weights
 
-    path = tiny_weights(tmp_path / "t.pt", train_steps=0, box_vote_iou=0.6, mask_threshold=0.4, mask_scoring=True)
+    path = tiny_weights(tmp_path / "t.pt", train_steps=0, box_vote_iou=0.6, mask_threshold=0.4, mask_scoring=True,
+                        part_overlap=0.7, part_score_factor=0.5)
     r = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["weights", "info", str(path)])
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.output.splitlines() if "detections" in ln)
     assert "boxes voted at IoU 0.6" in line and "mask confidence" in line and "probability 0.4" in line
+    assert "parts (>= 0.7 inside a better mask) scored x 0.5" in line

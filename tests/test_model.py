@@ -197,12 +197,47 @@ def test_box_voting_keeps_the_detections_and_moves_their_boxes():
             tiny_config(box_vote_iou=bad)
 
 
+def _box_logits(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.float() * 20 - 10)[None]  # sure logits: +10 inside, -10 outside
+
+
+def test_demote_parts_golden():
+    """A detection mostly inside a larger, better one of its label is demoted; one that sticks out,
+    one of another label, and the larger one itself are not; the order follows the new scores."""
+    from refinemask_cli.model.detector import demote_parts
+
+    full = torch.ones(112, 112)
+    left = torch.zeros(112, 112)
+    left[:, :56] = 1  # only the left half of its box is object
+    boxes = torch.tensor([[0.0, 0, 100, 100],   # the whole object
+                          [10, 10, 40, 40],     # inside it: a part
+                          [80, 0, 140, 100],    # a third inside it: another object
+                          [20, 20, 50, 50],     # inside it, but another label
+                          [76, 10, 136, 50]])   # box mostly outside 0, but its mask (left half) 4/5 inside
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.75, 0.6])
+    labels = torch.tensor([0, 0, 0, 1, 0])
+    logits = torch.stack([_box_logits(m) for m in (full, full, full, full, left)])
+    new, order = demote_parts(boxes, scores, labels, logits, overlap=0.7, factor=0.5)
+    assert order.tolist() == [0, 3, 2, 1, 4]
+    assert torch.allclose(new, torch.tensor([0.9, 0.75, 0.7, 0.4, 0.3]))
+    # a smaller detection scoring higher does not make the larger one a part
+    new, order = demote_parts(boxes[[1, 0]], torch.tensor([0.9, 0.8]), labels[:2], logits[:2], 0.7, 0.5)
+    assert order.tolist() == [0, 1] and torch.allclose(new, torch.tensor([0.9, 0.8]))
+    # overlap 0.9: a fifth of the left-half mask lies outside box 0, so it is no part then
+    _, order = demote_parts(boxes, scores, labels, logits, overlap=0.9, factor=0.5)
+    assert order.tolist() == [0, 3, 2, 4, 1]
+    for bad in ({"part_overlap": 1.5}, {"part_score_factor": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            tiny_config(**bad)
+
+
 def test_inference_changes_parse_the_settings_a_bench_row_or_shipped_file_may_change():
     from refinemask_cli.model.config import ModelConfig, inference_changes
 
-    changes, rest = inference_changes("min_size=448,max_size=704,mask_threshold=0.4,vote=0.75,mask_scoring=1,masks=zoom")
+    changes, rest = inference_changes("min_size=448,max_size=704,mask_threshold=0.4,vote=0.75,mask_scoring=1,"
+                                      "part=0.7,part_factor=0.5,masks=zoom")
     assert changes == {"min_size": 448, "max_size": 704, "mask_threshold": 0.4, "box_vote_iou": 0.75,
-                       "mask_scoring": True}
+                       "mask_scoring": True, "part_overlap": 0.7, "part_score_factor": 0.5}
     assert rest == {"masks": "zoom"}
     assert ModelConfig().replace(**changes).box_vote_iou == 0.75
     assert inference_changes("") == ({}, {})

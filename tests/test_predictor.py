@@ -96,18 +96,19 @@ def test_masks_to_priors():
     assert (priors[1] == 0.5).all()  # box only: unknown
 
 
-@pytest.mark.parametrize("mask_scoring,vote", [(False, 0.0), (True, 0.0), (True, 0.3)])
-def test_threshold_and_max_detections_inside_the_model_keep_the_same_detections(tmp_path, mask_scoring, vote):
+@pytest.mark.parametrize("mask_scoring,vote,part", [(False, 0.0, 0.0), (True, 0.0, 0.0), (True, 0.3, 0.0),
+                                                     (False, 0.0, 0.3), (True, 0.3, 0.3)])
+def test_threshold_and_max_detections_inside_the_model_keep_the_same_detections(tmp_path, mask_scoring, vote, part):
     """Dropping low scores before NMS and masking only the kept detections changes nothing kept;
-    with mask scoring the best max_detections are the best by the rescored score; with box voting
-    the kept boxes are still voted over every candidate."""
+    with mask scoring or part demotion the best max_detections are the best by the rescored score;
+    with box voting the kept boxes are still voted over every candidate."""
     from refinemask_cli.weights import load_model
 
     from .cocofix import tiny_weights
     from .helpers import ellipse_scene
 
     model, _ = load_model(tiny_weights(tmp_path / "t.pt", box_score_thresh=0.0, mask_scoring=mask_scoring,
-                                    box_vote_iou=vote))
+                                    box_vote_iou=vote, part_overlap=part, part_score_factor=0.2))
     img = ellipse_scene(64, 80)[0]
     p = Predictor(model, device="cpu")
     everything = p.predict([img])[0]

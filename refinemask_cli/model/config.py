@@ -66,6 +66,11 @@ class ModelConfig:
     # boxes on part of an object or across several get unsure masks and drop. Off in the paper's
     # model; on in the shipped predict weights (measured in weights/README.md)
     mask_scoring: bool = False
+    # demote parts: a detection with at least this fraction of its mask inside the larger mask of a
+    # higher-scoring detection (same class) gets its score times part_score_factor: the legs of a
+    # found person, half of a found bus. 0 = off (the paper's model)
+    part_overlap: float = 0.0
+    part_score_factor: float = 0.5
     # zoom-in refinement: the working size (crop side) the mask branch was trained at; 0 = trained on
     # whole images only (zoom at inference then uses min_size)
     zoom_size: int = 0
@@ -93,6 +98,10 @@ class ModelConfig:
             errors.append(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
         if not 0.0 <= self.box_vote_iou <= 1.0:
             errors.append(f"box_vote_iou must be in [0, 1] (0: no voting), got {self.box_vote_iou}")
+        if not 0.0 <= self.part_overlap <= 1.0:
+            errors.append(f"part_overlap must be in [0, 1] (0: off), got {self.part_overlap}")
+        if not 0.0 <= self.part_score_factor <= 1.0:
+            errors.append(f"part_score_factor must be in [0, 1], got {self.part_score_factor}")
         if not 0.0 <= self.prior_probability <= 1.0:
             errors.append("prior_probability must be in [0, 1]")
         if self.zoom_size and self.zoom_size < 32:
@@ -140,6 +149,8 @@ INFERENCE_SETTINGS = {
     "mask_threshold": ("mask_threshold", float),
     "score_thresh": ("box_score_thresh", float),
     "vote": ("box_vote_iou", float),
+    "part": ("part_overlap", float),
+    "part_factor": ("part_score_factor", float),
     "rpn_pre": ("rpn_pre_nms_top_n_test", int),
     "rpn_post": ("rpn_post_nms_top_n_test", int),
 }

@@ -8,7 +8,8 @@ into the model's classes. Internally torchvision's box head keeps background at 
   ``labels`` (n,) and ``masks`` (n, H, W) uint8.
 - ``forward(images)`` in eval mode returns per image ``boxes``, ``labels``, ``scores`` and
   ``mask_logits`` (n, 1, 112, 112): merged logits in each box's own coordinates, not pasted; with
-  ``mask_scoring`` the scores are scaled by each mask's confidence and re-ranked.
+  ``mask_scoring`` the scores are scaled by each mask's confidence and re-ranked; with
+  ``part_overlap`` detections whose mask lies mostly inside a better one's are demoted.
 - ``refine(images, boxes, labels, priors)``: the same masks for given boxes, skipping the RPN.
 - ``mask_losses(images, targets)``: train only the mask branch (semantic + refine heads) from the
   ground-truth boxes, for datasets where only some objects are labelled.
@@ -19,6 +20,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
@@ -74,6 +76,7 @@ class RefineRoIHeads(RoIHeads):
         self.mask_scoring = cfg.mask_scoring
         self.mask_threshold = cfg.mask_threshold
         self.box_vote_iou = cfg.box_vote_iou
+        self.part_overlap, self.part_score_factor = cfg.part_overlap, cfg.part_score_factor
         self.vote_floor = cfg.box_score_thresh
         # inference: run the semantic head only over the part of P2 the RoIs can read (exact)
         self.semantic_window = True
@@ -95,6 +98,11 @@ class RefineRoIHeads(RoIHeads):
                 for i, (s, m) in enumerate(zip(scores, mask_logits)):
                     scores[i], order = rescore_by_mask(s, m, self.mask_threshold)
                     boxes[i], head_labels[i], mask_logits[i] = boxes[i][order], head_labels[i][order], m[order]
+            if self.part_overlap:
+                for i, (b, s, lbl, m) in enumerate(zip(boxes, scores, head_labels, mask_logits)):
+                    scores[i], order = demote_parts(b, s, lbl, m, self.part_overlap, self.part_score_factor,
+                                                    self.mask_threshold)
+                    boxes[i], head_labels[i], mask_logits[i] = b[order], lbl[order], m[order]
             return [
                 {"boxes": b, "labels": lbl, "scores": s, "mask_logits": m}
                 for b, lbl, s, m in zip(boxes, head_labels, scores, mask_logits)
@@ -236,6 +244,49 @@ def rescore_by_mask(scores: torch.Tensor, mask_logits: torch.Tensor, threshold: 
     fg = prob >= threshold
     maskness = (prob * fg).sum(1) / fg.sum(1).clamp(min=1)
     new = scores * maskness.to(scores.dtype)
+    order = torch.argsort(new, descending=True, stable=True)
+    return new[order], order
+
+
+def demote_parts(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor,
+                 overlap: float, factor: float, threshold: float = 0.5, grid: int = 28, chunk: int = 256):
+    """Scores of detections that look like a part of another one, times ``factor``: at least
+    ``overlap`` of the detection's mask lies inside the mask of a detection of the same label that
+    scores higher and whose mask is larger (the legs of a found person, half of a found bus). Returns
+    the new scores, best first, and that order.
+
+    Masks are ``mask_logits`` (n, 1, S, S) over each box, compared on a ``grid`` × ``grid`` sample of
+    each mask (cell centres, the probability averaged over the cell): a point of one mask is inside
+    the other when the other's probability there, read bilinearly, is at least ``threshold``."""
+    n = scores.shape[0]
+    if n < 2 or factor == 1.0:
+        order = torch.argsort(scores, descending=True, stable=True)
+        return scores[order], order
+    prob = mask_logits[:, 0].float().sigmoid()  # (n, S, S)
+    cells = F.adaptive_avg_pool2d(prob[:, None], grid)[:, 0] >= threshold  # (n, G, G)
+    b = boxes.float()
+    wh = (b[:, 2:] - b[:, :2]).clamp(min=1e-6)
+    area = cells.flatten(1).float().mean(1) * wh[:, 0] * wh[:, 1]
+    higher = scores[None, :] > scores[:, None]  # [i, j]: j scores higher than i
+    ties = (scores[None, :] == scores[:, None]) & (torch.arange(n, device=scores.device)[None, :]
+                                                     < torch.arange(n, device=scores.device)[:, None])
+    pairs = ((higher | ties) & (labels[None, :] == labels[:, None]) & (area[None, :] > area[:, None])
+             & (box_ops.box_iou(b, b) > 0)).nonzero()
+    part = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    centres = (torch.arange(grid, device=b.device, dtype=torch.float32) + 0.5) / grid
+    for start in range(0, pairs.shape[0], chunk):
+        i, j = pairs[start : start + chunk].unbind(1)
+        # the cell centres of mask i in image coordinates, then in box j's [-1, 1] coordinates
+        xs = b[i, 0, None] + centres[None] * wh[i, 0, None]
+        ys = b[i, 1, None] + centres[None] * wh[i, 1, None]
+        gx = (xs - b[j, 0, None]) / wh[j, 0, None] * 2 - 1
+        gy = (ys - b[j, 1, None]) / wh[j, 1, None] * 2 - 1
+        pts = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (p, G, G, 2)
+        inside = F.grid_sample(prob[j][:, None], pts, align_corners=False)[:, 0] >= threshold
+        own = cells[i]
+        frac = (inside & own).flatten(1).sum(1) / own.flatten(1).sum(1).clamp(min=1)
+        part.index_put_((i[frac >= overlap],), torch.ones((), dtype=torch.bool, device=part.device))
+    new = torch.where(part, scores * factor, scores)
     order = torch.argsort(new, descending=True, stable=True)
     return new[order], order
 
