@@ -13,7 +13,7 @@ from refinemask_cli.weights.checkpoint import PREDICT_WEIGHTS_NAME, default_weig
 from .test_formats_cli import voc_coco
 
 # measured with the shipped refinemask_mnv2_predict.pt (sha256 a4ec86c5ac90, mask threshold 0.4, box
-# voting at 0.75), every detection kept (score >= 0.05, at most the weights' 30): class-agnostic mask
+# voting at 0.75, parts demoted: the same 0.134 without demotion), every detection kept (score >= 0.05, at most the weights' 30): class-agnostic mask
 # AP50 0.134 on this photo (0.152 with the same tensors at mask threshold 0.5 without voting, although
 # those settings are better on the 425 held-back coco-extra objects, 0.247 against 0.235; 0.202 with
 # the previous file, 6e7b7927b7fe, although that one is worse there, 0.219: one photo of 19 objects is
