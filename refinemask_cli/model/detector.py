@@ -267,11 +267,11 @@ def demote_parts(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
     b = boxes.float()
     wh = (b[:, 2:] - b[:, :2]).clamp(min=1e-6)
     area = cells.flatten(1).float().mean(1) * wh[:, 0] * wh[:, 1]
-    higher = scores[None, :] > scores[:, None]  # [i, j]: j scores higher than i
-    ties = (scores[None, :] == scores[:, None]) & (torch.arange(n, device=scores.device)[None, :]
-                                                     < torch.arange(n, device=scores.device)[:, None])
-    pairs = ((higher | ties) & (labels[None, :] == labels[:, None]) & (area[None, :] > area[:, None])
-             & (box_ops.box_iou(b, b) > 0)).nonzero()
+    rank = torch.empty(n, dtype=torch.long, device=scores.device)
+    rank[torch.argsort(scores, descending=True, stable=True)] = torch.arange(n, device=scores.device)
+    # [i, j]: j may make i a part (ranks better, same label, larger mask, boxes overlap)
+    pairs = ((rank[None, :] < rank[:, None]) & (labels[None, :] == labels[:, None])
+             & (area[None, :] > area[:, None]) & (box_ops.box_iou(b, b) > 0)).nonzero()
     part = torch.zeros(n, dtype=torch.bool, device=scores.device)
     centres = (torch.arange(grid, device=b.device, dtype=torch.float32) + 0.5) / grid
     for start in range(0, pairs.shape[0], chunk):
@@ -285,7 +285,7 @@ def demote_parts(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
         inside = F.grid_sample(prob[j][:, None], pts, align_corners=False)[:, 0] >= threshold
         own = cells[i]
         frac = (inside & own).flatten(1).sum(1) / own.flatten(1).sum(1).clamp(min=1)
-        part.index_put_((i[frac >= overlap],), torch.ones((), dtype=torch.bool, device=part.device))
+        part[i[frac >= overlap]] = True
     new = torch.where(part, scores * factor, scores)
     order = torch.argsort(new, descending=True, stable=True)
     return new[order], order
