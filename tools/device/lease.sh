@@ -50,11 +50,13 @@ stage() {  # copy a carried .stage/N into DATA
   done
 }
 
-each_run() {  # each_run FUNCTION: FUNCTION NAME RECIPE SETS for every run of RUNS
+each_run() {  # each_run FUNCTION: FUNCTION NAME RECIPE SETS for every run of RUNS, side by side
+  local pids=() spec name recipe sets
   for spec in $RUNS; do
     IFS=: read -r name recipe sets <<< "$spec"
-    "$1" "$name" "$recipe" "${sets:-}"
+    "$1" "$name" "$recipe" "${sets:-}" & pids+=($!)
   done
+  wait "${pids[@]}"
 }
 
 set_args() {  # "a=1,b=2" -> --set a=1 --set b=2
@@ -101,16 +103,12 @@ case "${1:-}" in
     stage 1
     [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import torch, torchvision, pycocotools; print('torch', torch.__version__, torchvision.__version__, torch.cuda.is_available())"
-    pids=()
-    for spec in $RUNS; do
-      IFS=: read -r name recipe sets <<< "$spec"
-      probe "$name" "$recipe" "${sets:-}" & pids+=($!)
-    done
+    each_run probe & probes=$!
     if [ "$DEVICE" = cuda ] || [ "${TESTS:-0}" = 1 ]; then
       timeout "${TEST_S:-170}" python3 -m pytest -q -n 8 -p no:cacheprovider > "$OUT/tests.log" 2>&1
       echo "pytest rc $?"; tail -n 25 "$OUT/tests.log"
     fi
-    wait "${pids[@]}"
+    wait $probes
     for spec in $RUNS; do tail -n 1 "$OUT/probe_${spec%%:*}.log"; done
     ;;
   2)
@@ -121,12 +119,7 @@ case "${1:-}" in
     setup_python
     stage 3
     ls "$DATA"
-    pids=()
-    for spec in $RUNS; do
-      IFS=: read -r name recipe sets <<< "$spec"
-      train "$name" "$recipe" "${sets:-}" & pids+=($!)
-    done
-    wait "${pids[@]}"
+    each_run train
     each_run bring_back
     tar czf "$OUT/logs.tgz" -C "$WORK" logs
     for spec in $RUNS; do tail -n 2 "$WORK/train_${spec%%:*}.log"; done
