@@ -104,8 +104,9 @@ def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
     for thr in THRESHOLDS:
         tp = 0
         fps = {"duplicate": 0, "part_or_loose": 0, "no_object": 0}
+        kept_in = {}  # image id -> detections kept at this threshold
         for image_id, dets in by_image.items():
-            n = sum(1 for d in dets if d["score"] >= thr)
+            n = kept_in[image_id] = sum(1 for d in dets if d["score"] >= thr)
             taken = np.zeros(ious[image_id].shape[1], bool)
             for row in ious[image_id][:n]:
                 free = np.where(taken, -1, row)
@@ -120,7 +121,7 @@ def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
         precision = tp / max(tp + fp, 1)
         recall = tp / max(n_gt, 1)
         f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-        kept = [sum(1 for d in by_image.get(im["id"], []) if d["score"] >= thr) for im in gt["images"]]
+        kept = [kept_in.get(im["id"], 0) for im in gt["images"]]
         rows.append({"threshold": thr, "precision": precision, "recall": recall, "f1": f1,
                      "detections_per_image": sum(kept) / max(len(gt["images"]), 1),
                      "max_detections_in_an_image": max(kept, default=0), "false_positives": fps})
