@@ -153,9 +153,9 @@ def test_mask_rois_per_image_caps_the_mask_branch():
     seen = []
     original = model.roi_heads.mask_losses
 
-    def spy(features, boxes, labels, inds, masks):
+    def spy(features, boxes, labels, inds, masks, **kw):
         seen.append([len(b) for b in boxes])
-        return original(features, boxes, labels, inds, masks)
+        return original(features, boxes, labels, inds, masks, **kw)
 
     model.roi_heads.mask_losses = spy
     img, mask, box = ellipse_scene()
@@ -209,3 +209,89 @@ def test_every_shipped_recipe_loads():
         cfg = load_train_config(path, {})
         assert cfg.iters > 0 and cfg.datasets, path.name
         resolve_model_config(cfg)
+
+
+def test_partly_labelled_images_are_never_background():
+    """A target with ``every_object`` false: the RPN and the box head sample no background from it
+    (its unlabelled objects are not "nothing here"), and the semantic head does not learn from it."""
+    from refinemask_cli.model import build_model
+
+    from .helpers import ellipse_scene, image_tensor, tiny_config, to_target
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_classes=1, class_names=("o",), class_agnostic="all")).train()
+    seen = {}
+    anchors, samples = model.rpn.assign_targets_to_anchors, model.roi_heads.select_training_samples
+
+    def spy_anchors(a, t):
+        out = anchors(a, t)
+        seen["rpn"] = [((lbl == 0).sum().item(), (lbl == 1).sum().item()) for lbl in out[0]]
+        return out
+
+    def spy_samples(p, t):
+        out = samples(p, t)
+        seen["roi"] = [((lbl == 0).sum().item(), (lbl > 0).sum().item()) for lbl in out[2]]
+        return out
+
+    model.rpn.assign_targets_to_anchors, model.roi_heads.select_training_samples = spy_anchors, spy_samples
+    img, mask, box = ellipse_scene()
+    full, partial = to_target(mask, box), {**to_target(mask, box), "every_object": False}
+    images = [image_tensor(img)] * 2
+    model(images, [full, partial])
+    (rpn_bg_full, rpn_fg_full), (rpn_bg_part, rpn_fg_part) = seen["rpn"]
+    assert rpn_bg_full > 100 and rpn_bg_part == 0 and rpn_fg_part == rpn_fg_full > 0
+    (roi_bg_full, roi_fg_full), (roi_bg_part, roi_fg_part) = seen["roi"]
+    assert roi_bg_full > 0 and roi_bg_part == 0 and roi_fg_part == roi_fg_full > 0
+
+    # the semantic loss: over the fully labelled images only; zero (and still a graph) without any
+    features = model.backbone(model.transform(images)[0].tensors)
+    boxes = [torch.as_tensor(box, dtype=torch.float32)[None]] * 2
+    args = (features, boxes, [torch.zeros(1, dtype=torch.long)] * 2, [torch.zeros(1, dtype=torch.long)] * 2)
+    obj = torch.as_tensor(mask, dtype=torch.uint8)[None]
+    blank = torch.zeros_like(obj)  # the second image's object unlabelled: all "background"
+
+    def semantic(masks, use):
+        return model.roi_heads.mask_losses(*args, masks, semantic=use)["loss_semantic"]
+
+    assert semantic([obj, obj], [True, True]).item() != pytest.approx(semantic([obj, blank], [True, True]).item())
+    assert semantic([obj, obj], [True, False]).item() == pytest.approx(semantic([obj, blank], [True, False]).item())
+    none = semantic([obj, blank], [False, False])
+    assert none.item() == 0.0 and none.requires_grad
+    for mask_only in (True, False):  # whole training steps of partly labelled batches run
+        losses = model(images, [partial, partial], mask_only=mask_only)
+        assert losses["loss_semantic"].item() == 0.0 and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_partly_labelled_datasets_in_a_config(tmp_path):
+    """``every_object = false`` reaches every sample of that set (also through copy-paste), and
+    ``exclude_held_back_of`` drops the images another set holds back for validation."""
+    from refinemask_cli.data.mixture import MixedInstances
+    from refinemask_cli.data.splits import holdout_ids
+    from refinemask_cli.engine.run import build_datasets
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "part").mkdir()
+    full = make_dataset(tmp_path / "full", n_images=10)
+    part = make_dataset(tmp_path / "part", n_images=6)  # the same file names as full's first six
+    held = holdout_ids(range(10, 20))  # full's held-back fifth: ids 14 and 19 (img_4, img_9)
+    cfg = TrainConfig.from_dict({"datasets": [
+        {"json": str(full), "images": str(tmp_path / "full")},
+        {"json": str(part), "images": str(tmp_path / "part"), "every_object": False,
+         "exclude_held_back_of": [str(full)]}]})
+    a, b = build_datasets(cfg, (), True)
+    assert len(a) == 10 and a.every_object and not b.every_object
+    assert held == {14, 19} and b.ids == [10, 11, 12, 13, 15]  # img_4 is full's, held back
+    mixed = MixedInstances([a, b], copy_paste=1.0)
+    assert all(mixed[(1, i, 7)][1]["every_object"] is False for i in range(len(b)))
+    assert mixed[(0, 0, 7)][1]["every_object"] is True
+    for bad, words in (({"every_object": "no"}, "every_object is true or false"),
+                       ({"exclude_held_back_of": str(full)}, "exclude_held_back_of is a list")):
+        spec = {"json": str(part), "images": str(tmp_path), **bad}
+        with pytest.raises(ValueError, match=words):
+            TrainConfig.from_dict({"datasets": [spec]})
+    cfg_file = tmp_path / "t.toml"
+    cfg_file.write_text(f'iters = 1\n[[datasets]]\njson = "{part}"\nimages = "{tmp_path}"\n'
+                        f'exclude_held_back_of = ["{tmp_path / "missing.json"}"]\n')
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg_file), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 1 and "missing.json" in r.output and len(r.output.strip().splitlines()) == 1

@@ -1,6 +1,7 @@
 """A COCO instance dataset yielding ``(image float (3,H,W) in [0,1], target)`` for the model.
 
 Targets: ``boxes`` (n, 4) xyxy, ``labels`` (n,) 0-based model classes, ``masks`` (n, H, W) uint8.
+``every_object`` (bool) says whether every object of the image is labelled (see ``CocoInstances``).
 Crowd annotations are not instances (they are left out of targets), and neither are annotations
 without a segmentation (a box alone cannot supervise a mask); ``skipped`` counts both.
 """
@@ -21,8 +22,11 @@ from ..io.images import read_image
 class CocoInstances(Dataset):
     def __init__(self, json_path: str | Path, images_dir: str | Path, flip_prob: float = 0.5,
                  class_names: Sequence[str] | None = None, class_agnostic: bool = False,
-                 image_ids: Sequence[int] | None = None, min_box_size: float = 1.0):
+                 image_ids: Sequence[int] | None = None, min_box_size: float = 1.0, every_object: bool = True):
+        """``every_object=False``: a partly labelled set, its images' unlabelled objects are not
+        background (the model's training reads the flag from each target)."""
         self.images_dir = Path(images_dir)
+        self.every_object = every_object
         with open(json_path) as f:
             doc = json.load(f)
         cats = sorted(doc["categories"], key=lambda c: c["id"])
@@ -75,7 +79,7 @@ class CocoInstances(Dataset):
         img, masks, boxes, labels, image_id = self.load(idx)
         if self.flip_prob and torch.rand(()) < self.flip_prob:
             img, masks, boxes = hflip(img, masks, boxes)
-        return to_sample(img, masks, boxes, labels, image_id)
+        return to_sample(img, masks, boxes, labels, image_id, self.every_object)
 
 
 def hflip(img: np.ndarray, masks: np.ndarray, boxes: np.ndarray):
@@ -84,7 +88,7 @@ def hflip(img: np.ndarray, masks: np.ndarray, boxes: np.ndarray):
     return img[:, ::-1], masks[:, :, ::-1], boxes
 
 
-def to_sample(img, masks, boxes, labels, image_id):
+def to_sample(img, masks, boxes, labels, image_id, every_object: bool = True):
     """Model input: float (3,H,W) in [0,1] and the target dict."""
     image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
     target = {
@@ -92,6 +96,7 @@ def to_sample(img, masks, boxes, labels, image_id):
         "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)),
         "masks": torch.from_numpy(np.ascontiguousarray(masks)),
         "image_id": int(image_id),
+        "every_object": bool(every_object),
     }
     return image, target
 

@@ -88,7 +88,7 @@ class MixedInstances(Dataset):
         if rng.random() < self.flip:
             img, masks, boxes = hflip(img, masks, boxes)
         boxes = jitter_boxes(boxes, self.box_jitter, img.shape[0], img.shape[1], rng)
-        return to_sample(img, masks, boxes, labels, image_id)
+        return to_sample(img, masks, boxes, labels, image_id, ds.every_object)
 
 
 class StepBatchSampler(Sampler):

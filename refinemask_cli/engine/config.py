@@ -18,6 +18,7 @@ Example ``train.toml``::
     json = "data/train.json"
     images = "data/images"
     weight = 1.0
+    every_object = true        # false: only some objects labelled (never taught as background)
 """
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ class DatasetSpec:
     images: str
     weight: float = 1.0
     exclude_holdout: bool = False  # drop the fixed held-back fifth of image ids (validation data)
+    # false: only some objects of each image are labelled (coco-mval-dev: one per entry; DUTS: the
+    # salient one). The RPN and box head learn from its labelled objects but never take the rest of
+    # an image as background, and the semantic head does not learn from it (the unlabelled objects
+    # would be taught as background)
+    every_object: bool = True
+    # other sets (COCO JSON paths) whose held-back fifths must not be trained on through this one:
+    # its images with the file name of one of theirs are dropped (COCO subsets share images)
+    exclude_held_back_of: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,11 @@ class TrainConfig:
         errors = []
         if not self.datasets:
             errors.append("at least one training dataset is needed (--train-json/--images or [[datasets]])")
+        for ds in self.datasets:
+            if not isinstance(ds.every_object, bool):
+                errors.append(f"{ds.json}: every_object is true or false")
+            if isinstance(ds.exclude_held_back_of, str) or not all(isinstance(p, str) for p in ds.exclude_held_back_of):
+                errors.append(f"{ds.json}: exclude_held_back_of is a list of COCO JSON paths")
         if self.mode not in TRAIN_MODES:
             errors.append(f"mode must be one of {', '.join(TRAIN_MODES)}, got {self.mode!r}")
         if self.mask_rois_per_image < 0:
@@ -131,13 +145,19 @@ class TrainConfig:
         d = dict(d)
         if "datasets" in d:
             try:
-                d["datasets"] = tuple(DatasetSpec(**ds) for ds in d["datasets"])
+                d["datasets"] = tuple(DatasetSpec(**{**ds, "exclude_held_back_of": _paths(ds.get("exclude_held_back_of", ()))})
+                                      for ds in d["datasets"])
             except TypeError as e:
                 raise ValueError(f"bad [[datasets]] entry: {e}") from None
         for key in ("steps", "min_sizes"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+def _paths(value):
+    """A list of paths as a tuple; anything else as it came (the config check names it)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:

@@ -59,12 +59,18 @@ def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: boo
     out = []
     for spec in cfg.datasets:
         ids = None
-        if spec.exclude_holdout:
+        if spec.exclude_holdout or spec.exclude_held_back_of:
             doc = read_coco(spec.json)
-            held = holdout_ids(im["id"] for im in doc["images"])
-            ids = sorted(im["id"] for im in doc["images"] if im["id"] not in held)
+            held = holdout_ids(im["id"] for im in doc["images"]) if spec.exclude_holdout else set()
+            names = set()
+            for other in spec.exclude_held_back_of:
+                other_doc = read_coco(other)
+                other_held = holdout_ids(im["id"] for im in other_doc["images"])
+                names |= {Path(im["file_name"]).name for im in other_doc["images"] if im["id"] in other_held}
+            ids = sorted(im["id"] for im in doc["images"]
+                         if im["id"] not in held and Path(im["file_name"]).name not in names)
         out.append(CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,
-                                 class_agnostic=agnostic, image_ids=ids))
+                                 class_agnostic=agnostic, image_ids=ids, every_object=spec.every_object))
     return out
 
 

@@ -13,6 +13,8 @@ into the model's classes. Internally torchvision's box head keeps background at 
 - ``refine(images, boxes, labels, priors)``: the same masks for given boxes, skipping the RPN.
 - ``mask_losses(images, targets)``: train only the mask branch (semantic + refine heads) from the
   ground-truth boxes, for datasets where only some objects are labelled.
+- A target with ``every_object`` false (a partly labelled image) teaches the RPN and box head its
+  labelled objects only, never the rest of the image as background, and not the semantic head.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch import nn
 from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
@@ -35,6 +38,23 @@ from .poolers import MultiLevelRoIAlign, boxes_to_rois
 from .prior import sample_priors
 from .refine_head import SEMANTIC_STRIDE, RefineMaskHead
 from .zoom import ZoomSpec, crop_masks, crop_regions, flip_boxes, from_crop, to_crop, zoom_regions
+
+
+def partly_labelled(targets) -> list[bool]:
+    """Per image, whether only some of its objects are labelled (target ``every_object`` false)."""
+    return [not bool(t.get("every_object", True)) for t in targets]
+
+
+class RefineRPN(RegionProposalNetwork):
+    """torchvision's RPN; in a partly labelled image no anchor is taken as background (those that
+    would be are ignored), so its unlabelled objects are not taught as "nothing here"."""
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+        for lbl, partial in zip(labels, partly_labelled(targets)):
+            if partial:
+                lbl[lbl == 0] = -1.0
+        return labels, matched
 
 
 class RefineRoIHeads(RoIHeads):
@@ -119,8 +139,24 @@ class RefineRoIHeads(RoIHeads):
             pos_boxes.append(props[pos])
             pos_labels.append(lbl[pos] - 1)
             pos_inds.append(idx[pos])
-        losses.update(self.mask_losses(features, pos_boxes, pos_labels, pos_inds, [t["masks"] for t in targets]))
+        losses.update(self.mask_losses(features, pos_boxes, pos_labels, pos_inds, [t["masks"] for t in targets],
+                                       semantic=[not p for p in partly_labelled(targets)]))
         return losses
+
+    def select_training_samples(self, proposals, targets):
+        """torchvision's sampling, with no proposal of a partly labelled image sampled as background."""
+        self._partial = partly_labelled(targets)
+        try:
+            return super().select_training_samples(proposals, targets)
+        finally:
+            self._partial = None
+
+    def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
+        matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        for lbl, partial in zip(labels, getattr(self, "_partial", None) or ()):
+            if partial:
+                lbl[lbl == 0] = -1  # the sampler takes negatives only from label 0
+        return matched_idxs, labels
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
         """torchvision's (decode, clip, drop background, low scores and empty boxes, NMS per class,
@@ -153,9 +189,11 @@ class RefineRoIHeads(RoIHeads):
         labels: Sequence[torch.Tensor],
         gt_indices: Sequence[torch.Tensor],
         gt_masks: Sequence[torch.Tensor],
-        ignore: Sequence[torch.Tensor] | None = None,
+        semantic: Sequence[bool] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``loss_instance`` and ``loss_semantic`` for RoIs ``boxes`` matched to ``gt_masks[gt_indices]``."""
+        """``loss_instance`` and ``loss_semantic`` for RoIs ``boxes`` matched to ``gt_masks[gt_indices]``.
+        ``semantic``: per image, whether the semantic head learns from it (every object labelled);
+        the semantic loss is the mean over those images' pixels (0 when there are none)."""
         p2 = features["0"]
         rois = boxes_to_rois(boxes).to(p2)
         head_labels = torch.cat(list(labels)).to(p2.device) if len(labels) else torch.zeros(0, dtype=torch.long)
@@ -171,7 +209,13 @@ class RefineRoIHeads(RoIHeads):
         )
         padded_hw = (p2.shape[-2] * 4, p2.shape[-1] * 4)
         sem_target = bar.semantic_target([m.to(p2.device) for m in gt_masks], padded_hw, tuple(p2.shape[-2:]))
-        loss_semantic = self.semantic_loss_weight * bar.semantic_loss(semantic_logits, sem_target.to(p2))
+        if semantic is not None and not all(semantic):
+            use = torch.as_tensor(list(semantic), dtype=torch.bool, device=p2.device)
+            semantic_logits, sem_target = semantic_logits[use], sem_target.to(p2.device)[use]
+        if semantic_logits.shape[0]:
+            loss_semantic = self.semantic_loss_weight * bar.semantic_loss(semantic_logits, sem_target.to(p2))
+        else:  # no fully labelled image in the batch: a zero that keeps the graph (DDP)
+            loss_semantic = semantic_logits.sum() * 0.0
         return {"loss_instance": loss_instance, "loss_semantic": loss_semantic}
 
     # -- inference ----------------------------------------------------------------------------
@@ -397,7 +441,8 @@ class RefineMaskRCNN(nn.Module):
         boxes = [t["boxes"] for t in targets_t]
         labels = [t["labels"].long() for t in targets_t]
         inds = [torch.arange(len(b), device=b.device) for b in boxes]
-        return self.roi_heads.mask_losses(features, boxes, labels, inds, [t["masks"] for t in targets_t])
+        return self.roi_heads.mask_losses(features, boxes, labels, inds, [t["masks"] for t in targets_t],
+                                          semantic=[not p for p in partly_labelled(targets_t)])
 
     def _normalized_batch(self, images: Sequence[torch.Tensor]) -> ImageList:
         """Normalised and padded to a multiple of 32, without resizing (zoom crops: one size per
@@ -437,7 +482,8 @@ class RefineMaskRCNN(nn.Module):
             for j in range(len(pick)):
                 crops.append(images_k[j])
                 out_targets.append({"boxes": crop_boxes[j : j + 1], "labels": t["labels"][pick[j : j + 1]],
-                                    "masks": torch.stack([inst[j], union[j]])})
+                                    "masks": torch.stack([inst[j], union[j]]),
+                                    "every_object": t.get("every_object", True)})
         if not crops:
             return None, None
         return self._normalized_batch(crops), out_targets

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbone import build_backbone
 from .config import ModelConfig
-from .detector import RefineMaskRCNN, RefineRoIHeads
+from .detector import RefineMaskRCNN, RefineRoIHeads, RefineRPN
 from .poolers import MultiLevelRoIAlign
 from .refine_head import RefineMaskHead
 
@@ -19,7 +19,7 @@ def build_model(cfg: ModelConfig) -> RefineMaskRCNN:
     c = cfg.fpn_channels
     backbone = build_backbone(cfg.backbone, c, cfg.trainable_backbone_layers)
     anchors = AnchorGenerator(tuple((int(a),) for a in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
-    rpn = RegionProposalNetwork(
+    rpn = RefineRPN(
         anchors,
         RPNHead(c, anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=0.7,
