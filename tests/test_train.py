@@ -197,14 +197,15 @@ def test_warmup_takes_at_most_a_fifth_of_a_short_run():
 
 
 def test_every_shipped_recipe_loads():
-    """The recipes in weights/ (the model cards' "reproduce" lines) parse, and their [model] tables
-    are valid architectures."""
+    """The recipes in weights/ (the model cards' "reproduce" lines) and the next lease's candidates in
+    tools/device/ parse, and their [model] tables are valid architectures."""
     from pathlib import Path
 
     from refinemask_cli.engine.run import resolve_model_config
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "weights").glob("*.toml"))
-    assert len(recipes) >= 7
+    root = Path(__file__).resolve().parents[1]
+    recipes = sorted((root / "weights").glob("*.toml")) + sorted((root / "tools/device").glob("*.toml"))
+    assert len(recipes) >= 8
     for path in recipes:
         cfg = load_train_config(path, {})
         assert cfg.iters > 0 and cfg.datasets, path.name

