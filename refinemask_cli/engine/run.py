@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..data.coco_dataset import CocoInstances, collate
 from ..data.mixture import MixedInstances, StepBatchSampler
-from ..data.splits import holdout_ids
+from ..data.splits import held_back_names, holdout_ids
 from ..io.coco import read_coco
 from ..model import ModelConfig, RefineMaskRCNN, build_model
 from ..model.zoom import ZoomSpec
@@ -62,11 +62,7 @@ def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: boo
         if spec.exclude_holdout or spec.exclude_held_back_of:
             doc = read_coco(spec.json)
             held = holdout_ids(im["id"] for im in doc["images"]) if spec.exclude_holdout else set()
-            names = set()
-            for other in spec.exclude_held_back_of:
-                other_doc = read_coco(other)
-                other_held = holdout_ids(im["id"] for im in other_doc["images"])
-                names |= {Path(im["file_name"]).name for im in other_doc["images"] if im["id"] in other_held}
+            names = set().union(*(held_back_names(read_coco(other)) for other in spec.exclude_held_back_of))
             ids = sorted(im["id"] for im in doc["images"]
                          if im["id"] not in held and Path(im["file_name"]).name not in names)
         out.append(CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,

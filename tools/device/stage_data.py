@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cv2
 
-from refinemask_cli.data.splits import holdout_ids, subset
+from refinemask_cli.data.splits import held_back_names, holdout_ids, subset
 
 
 def scale_annotations(doc: dict, im: dict, height: int, width: int) -> None:
@@ -66,11 +66,7 @@ def main() -> None:
     ids = {im["id"] for im in doc["images"]}
     if args.drop_holdout:
         ids -= holdout_ids(ids)
-    held_elsewhere = set()
-    for other in args.drop_held_back_of:
-        other_doc = json.loads(other.read_text())
-        other_held = holdout_ids(im["id"] for im in other_doc["images"])
-        held_elsewhere |= {Path(im["file_name"]).name for im in other_doc["images"] if im["id"] in other_held}
+    held_elsewhere = set().union(*(held_back_names(json.loads(p.read_text())) for p in args.drop_held_back_of))
     names = sorted(im["file_name"] for im in doc["images"]
                    if im["id"] in ids and Path(im["file_name"]).name not in held_elsewhere)
     keep = set(names[args.offset :: args.every])
