@@ -258,9 +258,13 @@ def test_partly_labelled_images_are_never_background():
     assert semantic([obj, obj], [True, False]).item() == pytest.approx(semantic([obj, blank], [True, False]).item())
     none = semantic([obj, blank], [False, False])
     assert none.item() == 0.0 and none.requires_grad
-    for mask_only in (True, False):  # whole training steps of partly labelled batches run
-        losses = model(images, [partial, partial], mask_only=mask_only)
+    from refinemask_cli.model.zoom import ZoomSpec
+
+    for kw in ({"mask_only": True}, {"mask_only": True, "zoom": ZoomSpec(64, 0.3)}, {}):
+        # whole training steps of partly labelled batches (whole images, zoom crops, full mode)
+        losses = model(images, [partial, partial], **kw)
         assert losses["loss_semantic"].item() == 0.0 and all(torch.isfinite(v) for v in losses.values())
+        assert model(images, [full, partial], **kw)["loss_semantic"].item() > 0
 
 
 def test_partly_labelled_datasets_in_a_config(tmp_path):
