@@ -37,8 +37,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from refinemask_cli.data.splits import holdout_ids, subset
-from refinemask_cli.engine.evaluate import as_one_class, evaluate_detections
-from refinemask_cli.geometry import encode_rle, segmentation_to_mask
+from refinemask_cli.engine.evaluate import (
+    as_one_class,
+    evaluate_detections,
+    f1_by_threshold,
+)
 from refinemask_cli.io.coco import read_coco
 from refinemask_cli.io.images import read_image
 from refinemask_cli.model.config import inference_changes
@@ -47,7 +50,6 @@ from refinemask_cli.weights import load_model
 from refinemask_cli.weights.checkpoint import default_weights_path
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data"
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
 
 
 def agnostic_holdout(data: Path, limit: int | None = None) -> dict:
@@ -76,56 +78,6 @@ def parse_variant(text: str) -> dict:
         else:
             raise SystemExit(f"bad variant field {key}={value!r}")
     return out
-
-
-def f1_by_threshold(gt: dict, results: list[dict]) -> list[dict]:
-    """Precision, recall and F1 at IoU 0.5 for each score threshold (crowd GT ignored), and what the
-    false positives are: ``duplicate`` (IoU >= 0.5 with an object another detection already took),
-    ``part_or_loose`` (0.1 <= best IoU < 0.5: a part of an object, a loose outline, or a group) and
-    ``no_object`` (best IoU < 0.1: background, or an object the set does not label)."""
-    by_image: dict[int, list[dict]] = {}
-    for r in results:
-        by_image.setdefault(r["image_id"], []).append(r)
-    images = {im["id"]: im for im in gt["images"]}
-    gts: dict[int, list] = {}
-    for a in gt["annotations"]:
-        if not a.get("iscrowd", 0):
-            im = images[a["image_id"]]
-            rle = encode_rle(segmentation_to_mask(a["segmentation"], im["height"], im["width"]))
-            gts.setdefault(a["image_id"], []).append(rle)
-    n_gt = sum(len(v) for v in gts.values())
-    ious = {}  # per image, detections best score first: their IoU with each object
-    for image_id, dets in by_image.items():
-        dets.sort(key=lambda d: -d["score"])
-        g = gts.get(image_id, [])
-        ious[image_id] = (np.asarray(mask_utils.iou([d["segmentation"] for d in dets], g, [0] * len(g)))
-                          if g else np.zeros((len(dets), 0)))
-    rows = []
-    for thr in THRESHOLDS:
-        tp = 0
-        fps = {"duplicate": 0, "part_or_loose": 0, "no_object": 0}
-        kept_in = {}  # image id -> detections kept at this threshold
-        for image_id, dets in by_image.items():
-            n = kept_in[image_id] = sum(1 for d in dets if d["score"] >= thr)
-            taken = np.zeros(ious[image_id].shape[1], bool)
-            for row in ious[image_id][:n]:
-                free = np.where(taken, -1, row)
-                j = int(free.argmax()) if len(row) else -1
-                if j >= 0 and free[j] >= 0.5:
-                    taken[j] = True
-                    tp += 1
-                else:
-                    best = float(row.max()) if len(row) else 0.0
-                    fps["duplicate" if best >= 0.5 else "part_or_loose" if best >= 0.1 else "no_object"] += 1
-        fp = sum(fps.values())
-        precision = tp / max(tp + fp, 1)
-        recall = tp / max(n_gt, 1)
-        f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-        kept = [kept_in.get(im["id"], 0) for im in gt["images"]]
-        rows.append({"threshold": thr, "precision": precision, "recall": recall, "f1": f1,
-                     "detections_per_image": sum(kept) / max(len(gt["images"]), 1),
-                     "max_detections_in_an_image": max(kept, default=0), "false_positives": fps})
-    return rows
 
 
 def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, precision: str) -> dict:

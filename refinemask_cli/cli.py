@@ -655,8 +655,9 @@ def train(train_json, images_dir, val_json, val_images, init, config_file, iters
         from .jobs import refine as job
         from .predictor import Predictor
         from .weights import load_model
+        from .weights.checkpoint import detector_trained
 
-        model, _ = load_model(out_dir / "model_final.pt")
+        model, ckpt = load_model(out_dir / "model_final.pt")
         gt = read_coco(cfg.val_json)
         boxes_only = {**gt, "annotations": [{k: v for k, v in a.items() if k != "segmentation"} for a in gt["annotations"]]}
         out, _, _ = job.refine_dataset(boxes_only, Path(cfg.val_images), Predictor(model, device=device),
@@ -664,6 +665,33 @@ def train(train_json, images_dir, val_json, val_images, init, config_file, iters
         res = evaluate_by_id(gt, out)
         console.print(f"validation from boxes: mIoU {res['mIoU']:.4f}, mBIoU {res['mBIoU']:.4f} "
                       f"({res['count']} annotations)")
+        if detector_trained(ckpt.get("meta", {})):
+            choose_predict_defaults(out_dir / "model_final.pt", ckpt, gt, Path(cfg.val_images),
+                                    Predictor(model, device=device), cfg.val_json)
+
+
+def choose_predict_defaults(path: Path, ckpt: dict, gt: dict, images_dir: Path, predictor, val_json: str) -> None:
+    """A trained detector's validation: detections on the validation images scored (printed), and the
+    score threshold and max detections with the best mask F1 written into the checkpoint's metadata,
+    where ``predict`` takes its defaults from."""
+    from .jobs.predict import validate_detections
+    from .weights.checkpoint import atomic_torch_save
+
+    res = validate_detections(gt, images_dir, predictor)
+    kind = "class-agnostic " if res["class_agnostic"] else ""
+    console.print(f"validation detections ({res['images']} images): {kind}mask AP {res['segm_AP']:.3f}, "
+                  f"AP50 {res['segm_AP50']:.3f}, Boundary AP {res['boundary_AP']:.3f}, box AP50 {res['bbox_AP50']:.3f}")
+    if res["defaults"] is None:
+        console.print("predict defaults not chosen: no detection matched a validation object at IoU 0.5 "
+                      "(train longer, or pass --score-threshold to predict)")
+        return
+    defaults, best = res["defaults"]
+    ckpt["meta"] = {**ckpt.get("meta", {}), **defaults,
+                    "predict_defaults_from": f"best mask F1 at IoU 0.5 on {Path(val_json).name} ({res['images']} images)"}
+    atomic_torch_save(ckpt, path)
+    console.print(f"predict defaults written to {path}: score >= {defaults['predict_score_threshold']:.2f}, at most "
+                  f"{defaults['predict_max_detections']} per image (precision {best['precision']:.2f}, "
+                  f"recall {best['recall']:.2f}, F1 {best['f1']:.2f} at IoU 0.5)")
 
 
 @main.command()

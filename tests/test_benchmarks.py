@@ -1,7 +1,6 @@
 """The quality benchmarks in a CI-sized run: two held-back images of each set, every row printed (these
 need ../shared/data, skipped without it as on a user's machine, and the shipped weights); and their
 scoring functions on tiny synthetic masks (no data needed)."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from refinemask_cli.engine.evaluate import f1_by_threshold, predict_defaults
 from refinemask_cli.geometry import encode_rle
 from refinemask_cli.weights.checkpoint import default_weights_path
 
@@ -52,14 +52,6 @@ def test_bench_predict_quality_small(tmp_path):
         assert 0.05 <= row["best"]["threshold"] < 1 and len(row["curve"]) == 19
 
 
-def load_benchmark(name: str):
-    """A benchmark script as a module (benchmarks/ is not a package), for its functions."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _square(x0, y0, x1, y1, size=40):
     m = np.zeros((size, size), np.uint8)
     m[y0:y1, x0:x1] = 1
@@ -68,15 +60,33 @@ def _square(x0, y0, x1, y1, size=40):
 
 def test_f1_by_threshold_sorts_the_false_positives():
     """One object found, then found again (duplicate), half of the other (part), and empty floor."""
-    bench = load_benchmark("bench_predict_quality")
     a, b = _square(0, 0, 10, 10), _square(20, 20, 40, 40)
     gt = {"images": [{"id": 1, "height": 40, "width": 40}],
           "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": encode_rle(m)}
                           for k, m in enumerate((a, b))]}
     dets = [(a, 0.9), (_square(0, 0, 10, 9), 0.8), (_square(20, 20, 28, 40), 0.7), (_square(12, 0, 18, 6), 0.6)]
     results = [{"image_id": 1, "category_id": 1, "score": s, "segmentation": encode_rle(m)} for m, s in dets]
-    rows = {r["threshold"]: r for r in bench.f1_by_threshold(gt, results)}
+    rows = {r["threshold"]: r for r in f1_by_threshold(gt, results)}
     assert rows[0.85]["false_positives"] == {"duplicate": 0, "part_or_loose": 0, "no_object": 0}
     assert rows[0.85]["precision"] == 1.0 and rows[0.85]["recall"] == 0.5
     assert rows[0.5]["false_positives"] == {"duplicate": 1, "part_or_loose": 1, "no_object": 1}
     assert rows[0.5]["precision"] == 0.25 and rows[0.5]["detections_per_image"] == 4
+    # class-aware matching: a detection of another category finds nothing, and is "no object"
+    other = [{**r, "category_id": 2} if r["score"] == 0.9 else r for r in results]
+    aware = {r["threshold"]: r for r in f1_by_threshold(gt, other, class_agnostic=False)}
+    assert aware[0.85]["recall"] == 0.0 and aware[0.85]["false_positives"]["no_object"] == 1
+    assert aware[0.75]["recall"] == 0.5  # the 0.8 detection now takes the object
+    assert {r["threshold"]: r for r in f1_by_threshold(gt, other)}[0.85]["recall"] == 0.5  # agnostic
+
+
+def test_predict_defaults_from_the_f1_curve():
+    def row(t, f1, most):
+        return {"threshold": t, "f1": f1, "precision": f1, "recall": f1, "max_detections_in_an_image": most}
+
+    curve = [row(0.3, 0.4, 40), row(0.45, 0.5, 17), row(0.5, 0.5, 9), row(0.6, 0.2, 3)]
+    defaults, best = predict_defaults(curve)
+    assert best["threshold"] == 0.45  # the best F1; the first of equal ones
+    assert defaults == {"predict_score_threshold": 0.45, "predict_max_detections": 30}  # 1.5 x 17 -> 30
+    assert predict_defaults([row(0.5, 0.3, 4)])[0]["predict_max_detections"] == 20  # at least 20
+    assert predict_defaults([row(0.5, 0.0, 0)]) is None and predict_defaults([]) is None
+

@@ -300,3 +300,42 @@ def test_partly_labelled_datasets_in_a_config(tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", "--config", str(cfg_file), "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 1 and "missing.json" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_train_with_validation_chooses_predict_defaults(tmp_path, monkeypatch):
+    """A run whose detector trained, given --val-json: its detections on the validation images are
+    scored and the best-F1 threshold goes into model_final.pt, where `predict` reads its defaults."""
+    import refinemask_cli.jobs.predict as predict_job
+    from refinemask_cli.predictor import PredictSettings
+    from refinemask_cli.weights import read_checkpoint
+
+    src = make_dataset(tmp_path, n_images=2)
+    (tmp_path / "t.toml").write_text(
+        "init = 'none'\nmin_sizes = [64]\nmax_size = 96\nnum_workers = 0\nwarmup_iters = 1\n"
+        "[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY_MODEL.items()))
+    base = ["train", "--train-json", str(src), "--images", str(tmp_path), "--config", str(tmp_path / "t.toml"),
+            "--iters", "2", "--batch-size", "1", "--device", "cpu", "--val-json", str(src), "--val-images", str(tmp_path)]
+    r = CliRunner().invoke(main, base + ["--mode", "full", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "validation detections (2 images): class-agnostic mask AP" in r.output
+    meta = read_checkpoint(tmp_path / "a" / "model_final.pt")["meta"]
+    if "predict defaults written" in r.output:  # two steps from scratch rarely find the ellipses
+        assert 0 < meta["predict_score_threshold"] < 1
+    else:
+        assert "predict defaults not chosen" in r.output and "predict_score_threshold" not in meta
+
+    # the writing, with the scores of a model that found both objects at 0.6
+    found = {"segm_AP": 1.0, "segm_AP50": 1.0, "boundary_AP": 1.0, "bbox_AP50": 1.0, "class_agnostic": True,
+             "images": 2, "curve": [], "defaults": ({"predict_score_threshold": 0.6, "predict_max_detections": 20},
+                                                    {"precision": 1.0, "recall": 1.0, "f1": 1.0})}
+    monkeypatch.setattr(predict_job, "validate_detections", lambda *a, **k: found)
+    r = CliRunner().invoke(main, base + ["--mode", "full", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "score >= 0.60, at most 20 per image" in r.output, r.output
+    ckpt = read_checkpoint(tmp_path / "b" / "model_final.pt")
+    assert ckpt["meta"]["predict_defaults_from"] == "best mask F1 at IoU 0.5 on coarse.json (2 images)"
+    assert PredictSettings.for_weights(ckpt["meta"]) == PredictSettings(0.6, 20)
+    assert ckpt["meta"]["detector"] == "trained" and ckpt["sha256"] == read_checkpoint(tmp_path / "b" / "model_last.pt")["sha256"]
+    # a mask-mode run from scratch has no trained detector: nothing chosen, nothing written
+    r = CliRunner().invoke(main, base + ["--mode", "mask", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0 and "validation detections" not in r.output
+    assert "predict_score_threshold" not in read_checkpoint(tmp_path / "c" / "model_final.pt")["meta"]

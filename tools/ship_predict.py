@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from refinemask_cli.engine.evaluate import predict_defaults
 from refinemask_cli.model import build_model
 from refinemask_cli.model.config import INFERENCE_SETTINGS, inference_changes
 from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
@@ -47,10 +48,11 @@ def main() -> None:
         meta.pop("trained_iters", None)
         meta["averaged_from"] = [f"{p.name} (tensors sha256 {c['sha256'][:12]})" for p, c in zip(args.runs, ckpts)]
     meta.update(dict(item.split("=", 1) for item in args.meta))
+    defaults = predict_defaults([best])
+    if defaults is None:
+        raise ValueError(f"{args.bench}: row {args.variant!r} matched no object at any threshold")
     meta.update({
-        "detector": "trained",
-        "predict_score_threshold": float(best["threshold"]),
-        "predict_max_detections": max(20, -(-int(1.5 * best["max_detections_in_an_image"]) // 10) * 10),
+        "detector": "trained", **defaults[0],
         "predict_defaults_from": "best mask F1 at IoU 0.5 on coco-extra's held-back fifth",
         "holdout_mask_AP": round(res["segm_AP"], 4), "holdout_mask_AP50": round(res["segm_AP50"], 4),
         "holdout_boundary_AP": round(res["boundary_AP"], 4), "holdout_box_AP50": round(res["bbox_AP50"], 4)})

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..geometry import segmentation_to_mask
+from ..geometry import encode_rle, segmentation_to_mask
 from ..io.coco import segmentation_kind_safe
 
 DILATION_RATIO = 0.02
@@ -158,6 +158,81 @@ def summarise(scores: list[PairScore], gt: dict) -> dict:
         }
     out["per_annotation"] = [s.__dict__ for s in scores]
     return out
+
+
+# -- choosing predict's score threshold: F1 of matched masks -----------------------------------------
+SCORE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 .. 0.95
+
+
+def f1_by_threshold(gt: dict, results: list[dict], class_agnostic: bool = True) -> list[dict]:
+    """Precision, recall and F1 of masks matched at IoU 0.5 for each score threshold of
+    ``SCORE_THRESHOLDS`` (crowd GT ignored; each object matched at most once, best score first; with
+    ``class_agnostic`` false only within a category), and what the false positives are: ``duplicate`` (IoU >= 0.5 with an object another detection already took),
+    ``part_or_loose`` (0.1 <= best IoU < 0.5: a part of an object, a loose outline, or a group) and
+    ``no_object`` (best IoU < 0.1: background, or an object the set does not label)."""
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    images = {im["id"]: im for im in gt["images"]}
+    gts: dict[int, list] = {}
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):  # as evaluate_detections reads them: a box-only object is its box
+            im = images[a["image_id"]]
+            m = annotation_mask(a, im["height"], im["width"])
+            if m is not None:
+                gts.setdefault(a["image_id"], []).append((encode_rle(m), a["category_id"]))
+    n_gt = sum(len(v) for v in gts.values())
+    ious = {}  # per image, detections best score first: their IoU with each object
+    for image_id, dets in by_image.items():
+        dets.sort(key=lambda d: -d["score"])
+        g = gts.get(image_id, [])
+        if not g:
+            ious[image_id] = np.zeros((len(dets), 0))
+            continue
+        segs = [d["segmentation"] if isinstance(d["segmentation"], dict)
+                else encode_rle(segmentation_to_mask(d["segmentation"], images[image_id]["height"],
+                                                     images[image_id]["width"])) for d in dets]
+        m = np.asarray(mask_utils.iou(segs, [r for r, _ in g], [0] * len(g))).reshape(len(dets), len(g))
+        if not class_agnostic:
+            m = m * (np.asarray([d["category_id"] for d in dets])[:, None] == np.asarray([c for _, c in g])[None])
+        ious[image_id] = m
+    rows = []
+    for thr in SCORE_THRESHOLDS:
+        tp = 0
+        fps = {"duplicate": 0, "part_or_loose": 0, "no_object": 0}
+        kept_in = {}  # image id -> detections kept at this threshold
+        for image_id, dets in by_image.items():
+            n = kept_in[image_id] = sum(1 for d in dets if d["score"] >= thr)
+            taken = np.zeros(ious[image_id].shape[1], bool)
+            for row in ious[image_id][:n]:
+                free = np.where(taken, -1, row)
+                j = int(free.argmax()) if len(row) else -1
+                if j >= 0 and free[j] >= 0.5:
+                    taken[j] = True
+                    tp += 1
+                else:
+                    best = float(row.max()) if len(row) else 0.0
+                    fps["duplicate" if best >= 0.5 else "part_or_loose" if best >= 0.1 else "no_object"] += 1
+        fp = sum(fps.values())
+        precision = tp / max(tp + fp, 1)
+        recall = tp / max(n_gt, 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+        kept = [kept_in.get(im["id"], 0) for im in gt["images"]]
+        rows.append({"threshold": thr, "precision": precision, "recall": recall, "f1": f1,
+                     "detections_per_image": sum(kept) / max(len(gt["images"]), 1),
+                     "max_detections_in_an_image": max(kept, default=0), "false_positives": fps})
+    return rows
+
+
+def predict_defaults(curve: list[dict]) -> tuple[dict, dict] | None:
+    """``predict``'s defaults from an ``f1_by_threshold`` curve, and the row they come from: the
+    threshold with the best F1 (the first of equal ones), and at most 1.5 × the most detections it
+    kept in one image, rounded up to tens, at least 20. None when no threshold matched anything."""
+    best = max(curve, key=lambda r: r["f1"], default=None)
+    if best is None or best["f1"] <= 0:
+        return None
+    most = max(20, -(-int(1.5 * best["max_detections_in_an_image"]) // 10) * 10)
+    return {"predict_score_threshold": float(best["threshold"]), "predict_max_detections": most}, best
 
 
 # -- detection files: mask AP and Boundary AP ---------------------------------------------------------

@@ -155,3 +155,25 @@ def predict_entries(
     return {"info": {"description": "refinemask predict"}, "images": images, "annotations": annotations,
             "categories": categories}
 
+
+
+def validate_detections(doc: dict, images_dir: Path, predictor: Predictor,
+                        on_image: Callable[[int, int], None] | None = None) -> dict:
+    """Predict dataset ``doc``'s images (every detection the model keeps) and score them against it:
+    mask / Boundary / box AP (class-agnostic for a one-class model), the F1 curve of matched masks
+    and the predict defaults chosen from it (``defaults``: None when nothing was matched)."""
+    from ..engine.evaluate import evaluate_detections, f1_by_threshold, predict_defaults
+
+    agnostic = len(predictor.class_names or ()) <= 1
+    if agnostic:
+        cats = doc.get("categories") or [{"id": 1, "name": "object"}]
+        categories, category_ids = cats, [cats[0]["id"]]
+    else:
+        categories, category_ids = like_categories(predictor, doc)
+    settings = PredictSettings(score_threshold=0.0, max_detections=predictor.model.cfg.detections_per_img)
+    out = predict_entries(like_entries(doc, images_dir), predictor, settings, categories, category_ids,
+                          output_format="rle", on_image=on_image)
+    results = out["annotations"]
+    curve = f1_by_threshold(doc, results, class_agnostic=agnostic)
+    return {**evaluate_detections(doc, results, class_agnostic=agnostic), "class_agnostic": agnostic,
+            "images": len(out["images"]), "curve": curve, "defaults": predict_defaults(curve)}
