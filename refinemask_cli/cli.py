@@ -586,6 +586,9 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
               help="COCO training annotations (or give [[datasets]] in --config).")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the training images.")
+@click.option("--partly-labelled", is_flag=True,
+              help="Only some objects of each --train-json image are labelled: the detector learns them "
+                   "but never the rest of an image as background (in a --config: every_object = false).")
 @click.option("--val-json", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--val-images", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--init", default=None, help="Checkpoint path, imagenet-mobilenet_v2 (default) or none.")
@@ -603,8 +606,8 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @device_option
 @handle_errors
-def train(train_json, images_dir, val_json, val_images, init, config_file, iters, batch_size, lr, mode, amp,
-          out_dir: Path, resume: bool, device: str) -> None:
+def train(train_json, images_dir, partly_labelled, val_json, val_images, init, config_file, iters, batch_size, lr,
+          mode, amp, out_dir: Path, resume: bool, device: str) -> None:
     """Fine-tune RefineMask on COCO-format data (one process, or many under torchrun)."""
     import time
 
@@ -617,7 +620,11 @@ def train(train_json, images_dir, val_json, val_images, init, config_file, iters
 
     if (train_json is None) != (images_dir is None):
         raise UserError("--train-json and --images go together")
-    datasets = [{"json": str(train_json), "images": str(images_dir)}] if train_json else None
+    if partly_labelled and train_json is None:
+        raise UserError("--partly-labelled goes with --train-json; in a --config set every_object = false "
+                        "in the [[datasets]] table of each partly labelled set")
+    datasets = ([{"json": str(train_json), "images": str(images_dir), "every_object": not partly_labelled}]
+                if train_json else None)
     cfg = load_train_config(config_file, {
         "datasets": datasets, "val_json": str(val_json) if val_json else None,
         "val_images": str(val_images) if val_images else None, "init": init, "iters": iters,

@@ -81,13 +81,18 @@ def test_detector_trained_from_metadata(meta, expected):
     assert detector_trained(meta) is expected
 
 
+def tiny_toml(root):
+    """A config file with the tiny model and sizes (CLI runs give the data and step counts)."""
+    path = root / "tiny.toml"
+    path.write_text("init = 'none'\nmin_sizes = [64]\nmax_size = 96\nnum_workers = 0\nwarmup_iters = 1\n"
+                    "[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY_MODEL.items()))
+    return path
+
+
 def test_cli_train_writes_run_folder(tmp_path):
     src = make_dataset(tmp_path, n_images=2)
-    (tmp_path / "t.toml").write_text(
-        "init = 'none'\nmin_sizes = [64]\nmax_size = 96\nnum_workers = 0\nwarmup_iters = 1\n"
-        "[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY_MODEL.items()))
     out = tmp_path / "run"
-    args = ["train", "--train-json", str(src), "--images", str(tmp_path), "--config", str(tmp_path / "t.toml"),
+    args = ["train", "--train-json", str(src), "--images", str(tmp_path), "--config", str(tiny_toml(tmp_path)),
             "--iters", "3", "--batch-size", "1", "--mode", "mask", "--out", str(out), "--device", "cpu",
             "--val-json", str(src), "--val-images", str(tmp_path)]
     r = CliRunner().invoke(main, args)
@@ -294,6 +299,13 @@ def test_partly_labelled_datasets_in_a_config(tmp_path):
         spec = {"json": str(part), "images": str(tmp_path), **bad}
         with pytest.raises(ValueError, match=words):
             TrainConfig.from_dict({"datasets": [spec]})
+    r = CliRunner().invoke(main, ["train", "--partly-labelled", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "--partly-labelled goes with --train-json" in r.output
+    r = CliRunner().invoke(main, ["train", "--train-json", str(part), "--images", str(tmp_path / "part"),
+                                  "--partly-labelled", "--init", "none", "--iters", "1", "--batch-size", "1",
+                                  "--out", str(tmp_path / "p"), "--device", "cpu", "--config", str(tiny_toml(tmp_path))])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["train"]["datasets"][0]["every_object"] is False
     cfg_file = tmp_path / "t.toml"
     cfg_file.write_text(f'iters = 1\n[[datasets]]\njson = "{part}"\nimages = "{tmp_path}"\n'
                         f'exclude_held_back_of = ["{tmp_path / "missing.json"}"]\n')
@@ -310,10 +322,7 @@ def test_train_with_validation_chooses_predict_defaults(tmp_path, monkeypatch):
     from refinemask_cli.weights import read_checkpoint
 
     src = make_dataset(tmp_path, n_images=2)
-    (tmp_path / "t.toml").write_text(
-        "init = 'none'\nmin_sizes = [64]\nmax_size = 96\nnum_workers = 0\nwarmup_iters = 1\n"
-        "[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY_MODEL.items()))
-    base = ["train", "--train-json", str(src), "--images", str(tmp_path), "--config", str(tmp_path / "t.toml"),
+    base = ["train", "--train-json", str(src), "--images", str(tmp_path), "--config", str(tiny_toml(tmp_path)),
             "--iters", "2", "--batch-size", "1", "--device", "cpu", "--val-json", str(src), "--val-images", str(tmp_path)]
     r = CliRunner().invoke(main, base + ["--mode", "full", "--out", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
