@@ -589,8 +589,12 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
 @click.option("--partly-labelled", is_flag=True,
               help="Only some objects of each --train-json image are labelled: the detector learns them "
                    "but never the rest of an image as background (in a --config: every_object = false).")
-@click.option("--val-json", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--val-images", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--val-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="COCO validation annotations, scored after training: masks refined from their boxes and, "
+                   "for a trained detector, its detections (the best-F1 score threshold is written into "
+                   "model_final.pt as predict's default).")
+@click.option("--val-images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the validation images.")
 @click.option("--init", default=None, help="Checkpoint path, imagenet-mobilenet_v2 (default) or none.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file; options given here override it.")
