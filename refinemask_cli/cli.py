@@ -671,14 +671,13 @@ def train(train_json, images_dir, partly_labelled, val_json, val_images, init, c
         model, ckpt = load_model(out_dir / "model_final.pt")
         gt = read_coco(cfg.val_json)
         boxes_only = {**gt, "annotations": [{k: v for k, v in a.items() if k != "segmentation"} for a in gt["annotations"]]}
-        out, _, _ = job.refine_dataset(boxes_only, Path(cfg.val_images), Predictor(model, device=device),
-                                       job.RefineOptions(prompt="box"))
+        predictor = Predictor(model, device=device)
+        out, _, _ = job.refine_dataset(boxes_only, Path(cfg.val_images), predictor, job.RefineOptions(prompt="box"))
         res = evaluate_by_id(gt, out)
         console.print(f"validation from boxes: mIoU {res['mIoU']:.4f}, mBIoU {res['mBIoU']:.4f} "
                       f"({res['count']} annotations)")
         if detector_trained(ckpt.get("meta", {})):
-            choose_predict_defaults(out_dir / "model_final.pt", ckpt, gt, Path(cfg.val_images),
-                                    Predictor(model, device=device), cfg.val_json)
+            choose_predict_defaults(out_dir / "model_final.pt", ckpt, gt, Path(cfg.val_images), predictor, cfg.val_json)
 
 
 def choose_predict_defaults(path: Path, ckpt: dict, gt: dict, images_dir: Path, predictor, val_json: str) -> None:

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..geometry import encode_rle, segmentation_to_mask
+from ..geometry import segmentation_to_mask
 from ..io.coco import segmentation_kind_safe
 
 DILATION_RATIO = 0.02
@@ -167,20 +167,18 @@ SCORE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 .. 0.
 def f1_by_threshold(gt: dict, results: list[dict], class_agnostic: bool = True) -> list[dict]:
     """Precision, recall and F1 of masks matched at IoU 0.5 for each score threshold of
     ``SCORE_THRESHOLDS`` (crowd GT ignored; each object matched at most once, best score first; with
-    ``class_agnostic`` false only within a category), and what the false positives are: ``duplicate`` (IoU >= 0.5 with an object another detection already took),
-    ``part_or_loose`` (0.1 <= best IoU < 0.5: a part of an object, a loose outline, or a group) and
-    ``no_object`` (best IoU < 0.1: background, or an object the set does not label)."""
-    by_image: dict[int, list[dict]] = {}
-    for r in results:
-        by_image.setdefault(r["image_id"], []).append(r)
+    ``class_agnostic`` false only within a category), and what the false positives are:
+    ``duplicate`` (IoU >= 0.5 with an object another detection already took), ``part_or_loose``
+    (0.1 <= best IoU < 0.5: a part of an object, a loose outline, or a group) and ``no_object``
+    (best IoU < 0.1: background, or an object the set does not label). Masks are read as
+    ``evaluate_detections`` reads them (a box-only object is its box)."""
     images = {im["id"]: im for im in gt["images"]}
-    gts: dict[int, list] = {}
-    for a in gt["annotations"]:
-        if not a.get("iscrowd", 0):  # as evaluate_detections reads them: a box-only object is its box
-            im = images[a["image_id"]]
-            m = annotation_mask(a, im["height"], im["width"])
-            if m is not None:
-                gts.setdefault(a["image_id"], []).append((encode_rle(m), a["category_id"]))
+    by_image: dict[int, list[dict]] = {}
+    for r in _as_rle(results, images, polygons_only=True):
+        by_image.setdefault(r["image_id"], []).append(r)
+    gts: dict[int, list[dict]] = {}
+    for a in _as_rle([a for a in gt["annotations"] if not a.get("iscrowd", 0)], images):
+        gts.setdefault(a["image_id"], []).append(a)
     n_gt = sum(len(v) for v in gts.values())
     ious = {}  # per image, detections best score first: their IoU with each object
     for image_id, dets in by_image.items():
@@ -189,12 +187,11 @@ def f1_by_threshold(gt: dict, results: list[dict], class_agnostic: bool = True) 
         if not g:
             ious[image_id] = np.zeros((len(dets), 0))
             continue
-        segs = [d["segmentation"] if isinstance(d["segmentation"], dict)
-                else encode_rle(segmentation_to_mask(d["segmentation"], images[image_id]["height"],
-                                                     images[image_id]["width"])) for d in dets]
-        m = np.asarray(mask_utils.iou(segs, [r for r, _ in g], [0] * len(g))).reshape(len(dets), len(g))
+        m = np.asarray(mask_utils.iou([d["segmentation"] for d in dets], [a["segmentation"] for a in g],
+                                      [0] * len(g))).reshape(len(dets), len(g))
         if not class_agnostic:
-            m = m * (np.asarray([d["category_id"] for d in dets])[:, None] == np.asarray([c for _, c in g])[None])
+            m = m * (np.asarray([d["category_id"] for d in dets])[:, None]
+                     == np.asarray([a["category_id"] for a in g])[None])
         ious[image_id] = m
     rows = []
     for thr in SCORE_THRESHOLDS:

@@ -156,9 +156,7 @@ def predict_entries(
             "categories": categories}
 
 
-
-def validate_detections(doc: dict, images_dir: Path, predictor: Predictor,
-                        on_image: Callable[[int, int], None] | None = None) -> dict:
+def validate_detections(doc: dict, images_dir: Path, predictor: Predictor) -> dict:
     """Predict dataset ``doc``'s images (every detection the model keeps) and score them against it:
     mask / Boundary / box AP (class-agnostic for a one-class model), the F1 curve of matched masks
     and the predict defaults chosen from it (``defaults``: None when nothing was matched)."""
@@ -172,7 +170,7 @@ def validate_detections(doc: dict, images_dir: Path, predictor: Predictor,
         categories, category_ids = like_categories(predictor, doc)
     settings = PredictSettings(score_threshold=0.0, max_detections=predictor.model.cfg.detections_per_img)
     out = predict_entries(like_entries(doc, images_dir), predictor, settings, categories, category_ids,
-                          output_format="rle", on_image=on_image)
+                          output_format="rle")
     results = out["annotations"]
     curve = f1_by_threshold(doc, results, class_agnostic=agnostic)
     return {**evaluate_detections(doc, results, class_agnostic=agnostic), "class_agnostic": agnostic,

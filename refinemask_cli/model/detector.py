@@ -103,6 +103,8 @@ class RefineRoIHeads(RoIHeads):
         # training: positive RoIs per image that train the mask branch (0: all, up to 128 of the
         # 512 sampled); fewer make full-mode steps much cheaper, the mask head being the costly part
         self.mask_rois_per_image = 0
+        # training: per image of the batch being sampled, whether it is partly labelled
+        self._partial: list[bool] | None = None
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, features, proposals, image_shapes, targets=None, with_masks: bool = True):
@@ -153,7 +155,7 @@ class RefineRoIHeads(RoIHeads):
 
     def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
         matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        for lbl, partial in zip(labels, getattr(self, "_partial", None) or ()):
+        for lbl, partial in zip(labels, self._partial or ()):
             if partial:
                 lbl[lbl == 0] = -1  # the sampler takes negatives only from label 0
         return matched_idxs, labels
