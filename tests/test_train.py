@@ -299,6 +299,12 @@ def test_partly_labelled_datasets_in_a_config(tmp_path):
         spec = {"json": str(part), "images": str(tmp_path), **bad}
         with pytest.raises(ValueError, match=words):
             TrainConfig.from_dict({"datasets": [spec]})
+    (tmp_path / "bad.json").write_text('{"images": [1,')
+    r = CliRunner().invoke(main, ["train", "--train-json", str(tmp_path / "bad.json"), "--images", str(tmp_path),
+                                  "--partly-labelled", "--init", "none", "--config", str(tiny_toml(tmp_path)),
+                                  "--out", str(tmp_path / "bad_run"), "--device", "cpu"])
+    assert r.exit_code == 1 and "bad.json: malformed JSON at line 1" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "bad_run").exists()  # no half-made run
     r = CliRunner().invoke(main, ["train", "--partly-labelled", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "--partly-labelled goes with --train-json" in r.output
     r = CliRunner().invoke(main, ["train", "--train-json", str(part), "--images", str(tmp_path / "part"),

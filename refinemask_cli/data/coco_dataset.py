@@ -7,7 +7,6 @@ without a segmentation (a box alone cannot supervise a mask); ``skipped`` counts
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
+from ..io.coco import read_coco
 from ..io.images import read_image
 
 
@@ -27,8 +27,7 @@ class CocoInstances(Dataset):
         background (the model's training reads the flag from each target)."""
         self.images_dir = Path(images_dir)
         self.every_object = every_object
-        with open(json_path) as f:
-            doc = json.load(f)
+        doc = read_coco(json_path)  # a bad file: one line naming it (CocoError)
         cats = sorted(doc["categories"], key=lambda c: c["id"])
         self.category_names = [c["name"] for c in cats]
         self.class_agnostic = class_agnostic

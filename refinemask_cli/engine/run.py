@@ -178,6 +178,9 @@ def run_training(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # the training sets are read before the run folder is made: a bad file leaves no half-made run
+    datasets = build_datasets(cfg, model_cfg.class_names if model_cfg.class_agnostic != "all" else (),
+                              model_cfg.class_agnostic == "all")
     state_path = out_dir / "last.pt"
     start = 0
     if resume:
@@ -195,8 +198,6 @@ def run_training(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
         (out_dir / "metrics.jsonl").write_text("")
-    datasets = build_datasets(cfg, model_cfg.class_names if model_cfg.class_agnostic != "all" else (),
-                              model_cfg.class_agnostic == "all")
     mixed = MixedInstances(datasets, cfg.flip, cfg.copy_paste, cfg.box_jitter if cfg.mode == "mask" else 0.0)
     sampler = StepBatchSampler([len(d) for d in datasets], [s.weight for s in cfg.datasets], cfg.batch_size,
                                cfg.seed, start, cfg.iters, dist_info.rank, dist_info.world_size)
