@@ -12,8 +12,8 @@ import argparse
 import imgviz
 import numpy as np
 import torch
-
 from _timing import median_seconds
+
 from refinemask_cli.model import ModelConfig, build_model
 from refinemask_cli.predictor import Predictor, resolve_device
 from refinemask_cli.weights import load_model

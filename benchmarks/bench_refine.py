@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _timing import median_seconds
+
 from refinemask_cli.io.coco import write_json_atomic
 from refinemask_cli.io.images import read_image
 from refinemask_cli.jobs import refine as job

@@ -120,8 +120,8 @@ def weights() -> None:
 @handle_errors
 def weights_info(path: Path) -> None:
     """Print architecture, classes, parameter count and checksum of a checkpoint."""
-    from .weights.checkpoint import read_checkpoint
     from .model import ModelConfig
+    from .weights.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["config"])

@@ -35,7 +35,14 @@ def is_tty() -> bool:
 def progress(total_images: int, show: bool = True):
     """A rich progress bar for images with an instances/s readout; silent when not on a terminal
     (or not ``show``: the other ranks of a sharded run)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),

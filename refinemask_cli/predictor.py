@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class InstanceMask:
         return out
 
     @classmethod
-    def from_full(cls, mask: np.ndarray) -> "InstanceMask":
+    def from_full(cls, mask: np.ndarray) -> InstanceMask:
         ys, xs = np.nonzero(mask)
         if len(ys) == 0:
             return cls(0, 0, np.zeros((0, 0), dtype=bool))
@@ -120,7 +120,7 @@ class PredictSettings:
             raise ValueError(f"max detections must be >= 1, got {self.max_detections}")
 
     @classmethod
-    def for_weights(cls, meta: dict, **overrides) -> "PredictSettings":
+    def for_weights(cls, meta: dict, **overrides) -> PredictSettings:
         """The weights' own defaults (where they have them), then the non-None ``overrides``."""
         values = {}
         if isinstance(meta.get("predict_score_threshold"), (int, float)):

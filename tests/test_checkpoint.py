@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from refinemask_cli.model import build_model
-from refinemask_cli.weights import WeightsError, average_weights, load_model, read_checkpoint, save_checkpoint
+from refinemask_cli.weights import (
+    WeightsError,
+    average_weights,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 from .helpers import tiny_config
 

@@ -5,7 +5,12 @@ import pytest
 from click.testing import CliRunner
 
 from refinemask_cli.cli import main
-from refinemask_cli.jobs.demo import arc2017_sample, demo_documents, hasty_polygon, voc_sample
+from refinemask_cli.jobs.demo import (
+    arc2017_sample,
+    demo_documents,
+    hasty_polygon,
+    voc_sample,
+)
 from refinemask_cli.weights.checkpoint import default_weights_path
 
 from .cocofix import tiny_weights

@@ -4,10 +4,10 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from refinemask_cli.engine.evaluate import (
+    _quiet_coco,
     band_accuracies,
     boundary_iou,
     boundary_width,
-    _quiet_coco,
     evaluate_by_id,
     evaluate_detections,
     mask_boundary,

@@ -1,5 +1,6 @@
 """Detector contract: shapes, empty inputs, the given-boxes path, and a real learning test."""
 import math
+
 import numpy as np
 import pytest
 import torch

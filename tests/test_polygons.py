@@ -3,7 +3,12 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from refinemask_cli.geometry import encode_rle, mask_bbox, mask_to_outline, segmentation_to_mask
+from refinemask_cli.geometry import (
+    encode_rle,
+    mask_bbox,
+    mask_to_outline,
+    segmentation_to_mask,
+)
 
 
 def decode(polys, h, w):

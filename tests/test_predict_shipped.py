@@ -8,7 +8,11 @@ from click.testing import CliRunner
 from refinemask_cli.cli import main
 from refinemask_cli.engine.evaluate import evaluate_detections
 from refinemask_cli.weights import read_checkpoint
-from refinemask_cli.weights.checkpoint import PREDICT_WEIGHTS_NAME, default_weights_path, detector_trained
+from refinemask_cli.weights.checkpoint import (
+    PREDICT_WEIGHTS_NAME,
+    default_weights_path,
+    detector_trained,
+)
 
 from .test_formats_cli import voc_coco
 

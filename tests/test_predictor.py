@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from refinemask_cli.model import build_model
-from refinemask_cli.predictor import Detections, InstanceMask, Predictor, masks_to_priors, paste_box_region
+from refinemask_cli.predictor import (
+    Detections,
+    InstanceMask,
+    Predictor,
+    masks_to_priors,
+    paste_box_region,
+)
 
 from .helpers import tiny_config
 

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from pycocotools.coco import COCO
 
 from refinemask_cli.cli import main
-from refinemask_cli.jobs import refine as job
 from refinemask_cli.io.coco import read_coco
+from refinemask_cli.jobs import refine as job
 from refinemask_cli.predictor import Predictor
 from refinemask_cli.weights import load_model
 

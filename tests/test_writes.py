@@ -35,9 +35,8 @@ def test_second_run_on_the_same_output_stops_at_once(weights, tmp_path):
         assert time.perf_counter() - t < 30
         assert r.exit_code == 1 and "being written by another refinemask run" in r.output
         assert len(r.output.strip().splitlines()) == 1 and not out.exists()
-        with pytest.raises(OutputLocked):
-            with output_lock(out):
-                pass
+        with pytest.raises(OutputLocked), output_lock(out):
+            pass
     assert not lock_path(out).exists()  # released and removed
     r = run("refine", src, "--images", tmp_path, "-o", out, "--weights", weights, "--device", "cpu")
     assert r.exit_code == 0, r.output
@@ -51,9 +50,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "held"
-        with pytest.raises(OutputLocked):
-            with output_lock(out):
-                pass
+        with pytest.raises(OutputLocked), output_lock(out):
+            pass
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()

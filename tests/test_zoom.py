@@ -6,7 +6,14 @@ import torch
 
 from refinemask_cli.geometry import remove_small_regions
 from refinemask_cli.model import build_model
-from refinemask_cli.model.zoom import ZoomSpec, crop_masks, crop_regions, from_crop, to_crop, zoom_regions
+from refinemask_cli.model.zoom import (
+    ZoomSpec,
+    crop_masks,
+    crop_regions,
+    from_crop,
+    to_crop,
+    zoom_regions,
+)
 from refinemask_cli.predictor import Predictor, RefineSettings
 
 from .helpers import ellipse_scene, image_tensor, tiny_config, to_target

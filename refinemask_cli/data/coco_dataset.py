@@ -7,8 +7,8 @@ without a segmentation (a box alone cannot supervise a mask); ``skipped`` counts
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ workers; and ranks of a distributed run take disjoint slots of the same global b
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np

@@ -1,8 +1,8 @@
 """Fixed, documented data splits (so every number in the project compares)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import PurePath
-from typing import Iterable
 
 
 def holdout_ids(image_ids: Iterable[int], fraction_den: int = 5) -> set[int]:

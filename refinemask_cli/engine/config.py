@@ -140,7 +140,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         reject_unknown_keys(cls, d, "training config")
         d = dict(d)
         if "datasets" in d:

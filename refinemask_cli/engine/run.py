@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,8 +25,13 @@ from ..data.splits import held_back_names, holdout_ids
 from ..io.coco import read_coco
 from ..model import ModelConfig, RefineMaskRCNN, build_model
 from ..model.zoom import ZoomSpec
-from ..weights.checkpoint import (atomic_torch_save, detector_trained, load_state_strict, read_checkpoint,
-                                  save_checkpoint)
+from ..weights.checkpoint import (
+    atomic_torch_save,
+    detector_trained,
+    load_state_strict,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ..weights.convert import load_mobilenet_v2_imagenet
 from .config import DETECTOR_MODULES, TrainConfig
 from .train import TrainSettings, lr_at

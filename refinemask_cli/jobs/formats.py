@@ -325,5 +325,14 @@ def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool, copi
         raise
 
 
-__all__ = ["to_coco_results", "to_polygon_coco", "to_labelme", "labelme_files", "to_yolo_seg", "yolo_dataset",
-           "join_rings", "write_dir_atomic", "Losses"]
+__all__ = [
+    "Losses",
+    "join_rings",
+    "labelme_files",
+    "to_coco_results",
+    "to_labelme",
+    "to_polygon_coco",
+    "to_yolo_seg",
+    "write_dir_atomic",
+    "yolo_dataset",
+]

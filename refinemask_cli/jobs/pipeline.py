@@ -8,8 +8,9 @@ GIL, so threads overlap with the network without pickling images between process
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")  # one input (an image's record)
 L = TypeVar("L")  # what reading it gives

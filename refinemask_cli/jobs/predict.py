@@ -6,9 +6,9 @@ load against it (pycocotools ``loadRes``, ``refinemask evaluate``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..io.coco import CocoError
 from ..io.images import SUFFIXES

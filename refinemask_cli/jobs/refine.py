@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from ..geometry import encode_rle, mask_bbox, mask_to_outline, remove_small_regions
 from ..geometry.masks import segmentation_to_crop
-from ..io.coco import CocoError, check_dataset, dumps, first_error, segmentation_kind_safe
+from ..io.coco import (
+    CocoError,
+    check_dataset,
+    dumps,
+    first_error,
+    segmentation_kind_safe,
+)
 from ..io.images import ImageReadError, read_image
 from ..predictor import InstanceMask, Predictor, RefineSettings
 from .journal import Journal, fingerprint
@@ -396,4 +402,4 @@ def report_csv(rows: list[dict]) -> str:
     return "".join(iter_report_csv(rows))
 
 
-__all__ = ["RefineOptions", "refine_dataset", "report_csv", "Journal", "fingerprint", "dumps"]
+__all__ = ["Journal", "RefineOptions", "dumps", "fingerprint", "refine_dataset", "report_csv"]

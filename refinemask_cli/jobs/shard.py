@@ -6,8 +6,9 @@ as Python objects over a gloo group (CPU), whatever device the model runs on; ra
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ masks and maps are ``[row=y, col=x]``; boxes are ``x1, y1, x2, y2`` floats in pi
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

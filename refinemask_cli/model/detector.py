@@ -19,7 +19,7 @@ into the model's classes. Internally torchvision's box head keeps background at 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,10 @@ from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import (
+    GeneralizedRCNNTransform,
+    resize_boxes,
+)
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 
@@ -37,7 +40,15 @@ from .config import ModelConfig
 from .poolers import MultiLevelRoIAlign, boxes_to_rois
 from .prior import sample_priors
 from .refine_head import SEMANTIC_STRIDE, RefineMaskHead
-from .zoom import ZoomSpec, crop_masks, crop_regions, flip_boxes, from_crop, to_crop, zoom_regions
+from .zoom import (
+    ZoomSpec,
+    crop_masks,
+    crop_regions,
+    flip_boxes,
+    from_crop,
+    to_crop,
+    zoom_regions,
+)
 
 
 def partly_labelled(targets) -> list[bool]:

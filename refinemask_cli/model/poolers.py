@@ -5,7 +5,7 @@ same call signature ``(features, boxes, image_shapes)`` so torchvision's ``RoIHe
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -5,7 +5,7 @@ pure prefix rename. The head computes logits only; targets, losses and the merge
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
