@@ -55,6 +55,10 @@ class CocoInstances(Dataset):
         self.ids = [i for i in ids if i in self.images]
         self.flip_prob = flip_prob
 
+    def restrict(self, image_ids: set[int]) -> None:
+        """Only the images of ``image_ids``, in the same order."""
+        self.ids = [i for i in self.ids if i in image_ids]
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -63,15 +63,14 @@ def setup_distributed(device: torch.device) -> DistInfo:
 def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: bool) -> list[CocoInstances]:
     out = []
     for spec in cfg.datasets:
-        ids = None
+        ds = CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,
+                           class_agnostic=agnostic, every_object=spec.every_object)
         if spec.exclude_holdout or spec.exclude_held_back_of:
-            doc = read_coco(spec.json)
-            held = holdout_ids(im["id"] for im in doc["images"]) if spec.exclude_holdout else set()
+            held = holdout_ids(ds.images) if spec.exclude_holdout else set()
             names = set().union(*(held_back_names(read_coco(other)) for other in spec.exclude_held_back_of))
-            ids = sorted(im["id"] for im in doc["images"]
-                         if im["id"] not in held and Path(im["file_name"]).name not in names)
-        out.append(CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,
-                                 class_agnostic=agnostic, image_ids=ids, every_object=spec.every_object))
+            ds.restrict({i for i, im in ds.images.items()
+                         if i not in held and Path(im["file_name"]).name not in names})
+        out.append(ds)
     return out
 
 
