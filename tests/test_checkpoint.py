@@ -134,3 +134,40 @@ def test_ship_predict_writes_the_average_with_the_bench_rows_settings(tmp_path):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
         assert r.returncode == 1 and says in r.stderr and len(lines) == 1, r.stderr
         assert not (tmp_path / "not.pt").exists()
+
+
+def test_ship_refine_writes_the_average_in_float16_and_refuses_a_trained_detector(tmp_path):
+    """tools/ship_refine.py: the mean of mask-branch runs (the first file's architecture), float16, its
+    meta naming the averaged files by their tensors and the detector untrained; a file whose detector
+    was trained is one line and exit 1, with nothing written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .cocofix import tiny_weights
+
+    a = tiny_weights(tmp_path / "a.pt", train_steps=0, meta={"train_mode": "mask", "trained_iters": 5})
+    torch.manual_seed(2)
+    save_checkpoint(build_model(load_model(a)[0].cfg).eval(), tmp_path / "b.pt", {"train_mode": "mask"})
+    save_checkpoint(load_model(a)[0].eval(), tmp_path / "p.pt", {"detector": "trained"})
+    tool = Path(__file__).resolve().parents[1] / "tools" / "ship_refine.py"
+
+    def ship(*files, out):
+        return subprocess.run([sys.executable, str(tool), *map(str, files), "-o", str(out), "--meta", "recipe=r.toml"],
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    r = ship(a, tmp_path / "b.pt", out=tmp_path / "shipped.pt")
+    assert r.returncode == 0, r.stderr
+    ckpt = read_checkpoint(tmp_path / "shipped.pt")
+    meta = ckpt["meta"]
+    assert meta["detector"] == "untrained" and meta["recipe"] == "r.toml" and "trained_iters" not in meta
+    assert [m.split(" ")[0] for m in meta["averaged_from"]] == ["a.pt", "b.pt"]
+    key = "roi_heads.mask_head.semantic_logits.weight"
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    mean, _ = average_weights([a, tmp_path / "b.pt"])
+    assert torch.allclose(ckpt["state_dict"][key].float(), mean.state_dict()[key].half().float())
+    assert not torch.allclose(ckpt["state_dict"][key].float(), load_model(a)[0].state_dict()[key].half().float())
+    r = ship(a, tmp_path / "p.pt", out=tmp_path / "not.pt")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
+    assert r.returncode == 1 and "p.pt" in r.stderr and "trained" in r.stderr and len(lines) == 1, r.stderr
+    assert not (tmp_path / "not.pt").exists()

@@ -21,6 +21,7 @@ from refinemask_cli.engine.evaluate import predict_defaults
 from refinemask_cli.model import build_model
 from refinemask_cli.model.config import INFERENCE_SETTINGS, inference_changes
 from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
+from refinemask_cli.weights.checkpoint import averaged_meta
 
 
 def main() -> None:
@@ -43,10 +44,7 @@ def main() -> None:
     shipped = build_model(model.cfg.replace(**{"mask_scoring": True, **changes}))
     shipped.load_state_dict(model.state_dict())
     best = res["best"]
-    meta = {k: v for k, v in ckpts[0].get("meta", {}).items() if k not in ("from_file", "soup")}
-    if len(args.runs) > 1:  # one run's step count would mislead; name the files by their tensors
-        meta.pop("trained_iters", None)
-        meta["averaged_from"] = [f"{p.name} (tensors sha256 {c['sha256'][:12]})" for p, c in zip(args.runs, ckpts)]
+    meta = averaged_meta(args.runs, ckpts)
     meta.update(dict(item.split("=", 1) for item in args.meta))
     defaults = predict_defaults([best])
     if defaults is None:

@@ -92,6 +92,17 @@ def detector_trained(meta: dict[str, Any]) -> bool | None:
     return None
 
 
+def averaged_meta(paths: list[str | os.PathLike], ckpts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metadata of the average of ``paths`` (read as ``ckpts``, ``average_weights``' second
+    result): the first file's, without what described one run only (its step count, a file name it
+    came from, an earlier soup), and, for two files or more, each named by its tensors' sha256."""
+    meta = {k: v for k, v in ckpts[0].get("meta", {}).items() if k not in ("from_file", "soup", "averaged_from")}
+    if len(paths) > 1:  # one run's step count would mislead; name the files by their tensors
+        meta.pop("trained_iters", None)
+        meta["averaged_from"] = [f"{Path(p).name} (tensors sha256 {c['sha256'][:12]})" for p, c in zip(paths, ckpts)]
+    return meta
+
+
 def save_checkpoint(model: RefineMaskRCNN, path: str | os.PathLike, meta: dict[str, Any] | None = None,
                     half: bool = False) -> str:
     ckpt = checkpoint_dict(model, meta, half)

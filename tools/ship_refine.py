@@ -1,0 +1,47 @@
+"""Write the shipped refine weights from trained runs: their uniform average when several are given
+(a "model soup"; an earlier shipped file may be one of them), in float16, with the first file's
+architecture and test-time settings and a meta that names what was averaged.
+
+    python tools/ship_refine.py RUN.pt [RUN2.pt ...] -o weights/refinemask_mnv2_agnostic.pt \
+        [--meta KEY=VALUE ...]
+
+The refine default's RPN and box head are never trained (mask-branch runs only), so the file says
+``detector = untrained`` and `predict` keeps warning when pointed at it. Measure the result with
+`benchmarks/bench_refine_quality.py` before it replaces the shipped file (weights/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
+from refinemask_cli.weights.checkpoint import averaged_meta, detector_trained
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    ap.add_argument("--meta", action="append", default=[], help="KEY=VALUE to record in the file's meta")
+    args = ap.parse_args()
+    extra = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--meta {item!r}: expected KEY=VALUE")
+        extra[key] = value
+    model, ckpts = average_weights(args.runs)
+    for path, ckpt in zip(args.runs, ckpts):
+        if detector_trained(ckpt.get("meta", {})):
+            raise ValueError(f"{path}: its detector was trained (a predict file?); the refine default "
+                             "is averaged from mask-branch runs only")
+    meta = {**averaged_meta(args.runs, ckpts), "detector": "untrained", **extra}
+    sha = save_checkpoint(model.eval(), args.out, meta, half=True)
+    print(f"{args.out}: tensors sha256 {sha[:12]}, the average of {len(args.runs)} file(s)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (WeightsError, OSError, ValueError) as e:  # one line, exit 1, nothing written
+        raise SystemExit(f"error: {e}") from None
