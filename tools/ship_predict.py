@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from _meta import parse_meta
+
 from refinemask_cli.engine.evaluate import predict_defaults
 from refinemask_cli.model import build_model
 from refinemask_cli.model.config import INFERENCE_SETTINGS, inference_changes
@@ -44,8 +46,7 @@ def main() -> None:
     shipped = build_model(model.cfg.replace(**{"mask_scoring": True, **changes}))
     shipped.load_state_dict(model.state_dict())
     best = res["best"]
-    meta = averaged_meta(args.runs, ckpts)
-    meta.update(dict(item.split("=", 1) for item in args.meta))
+    meta = {**averaged_meta(args.runs, ckpts), **parse_meta(args.meta)}
     defaults = predict_defaults([best])
     if defaults is None:
         raise ValueError(f"{args.bench}: row {args.variant!r} matched no object at any threshold")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _meta import parse_meta
+
 from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
 from refinemask_cli.weights.checkpoint import averaged_meta, detector_trained
 
@@ -24,12 +26,7 @@ def main() -> None:
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--meta", action="append", default=[], help="KEY=VALUE to record in the file's meta")
     args = ap.parse_args()
-    extra = {}
-    for item in args.meta:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--meta {item!r}: expected KEY=VALUE")
-        extra[key] = value
+    extra = parse_meta(args.meta)
     model, ckpts = average_weights(args.runs)
     for path, ckpt in zip(args.runs, ckpts):
         if detector_trained(ckpt.get("meta", {})):
