@@ -215,6 +215,50 @@ def test_every_shipped_recipe_loads():
         cfg = load_train_config(path, {})
         assert cfg.iters > 0 and cfg.datasets, path.name
         resolve_model_config(cfg)
+    # recipes that extend another resolve to what the shipped runs trained with
+    zoom3 = load_train_config(root / "weights/train_zoom3.toml", {})
+    assert (zoom3.init, zoom3.iters, zoom3.seed, zoom3.lr, zoom3.box_jitter) == ("runs/zoom2/model_final.pt", 800, 25, 0.005, 0.15)
+    assert zoom3.model["zoom_size"] == 320 and len(zoom3.datasets) == 5
+    assert all(ds.exclude_holdout for ds in zoom3.datasets)
+    cp = load_train_config(root / "weights/train_predict_gpu_cp.toml", {})
+    assert (cp.iters, cp.copy_paste, cp.seed, cp.mask_rois_per_image, cp.model["min_size"]) == (964, 0.5, 7, 16, 448)
+
+
+def test_recipe_extends_another(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text("iters = 10\nlr = 0.01\nseed = 1\n[model]\nfpn_channels = 32\nzoom_size = 320\n"
+                    "[[datasets]]\njson = 'a.json'\nimages = 'a'\n[[datasets]]\njson = 'b.json'\nimages = 'b'\n")
+    (tmp_path / "sub").mkdir()
+    mid = tmp_path / "sub" / "mid.toml"
+    mid.write_text("extends = '../base.toml'\niters = 20\n[model]\nzoom_size = 384\n")
+    top = tmp_path / "sub" / "top.toml"
+    top.write_text("extends = 'mid.toml'\nseed = 3\n[[datasets]]\njson = 'c.json'\nimages = 'c'\n")
+    cfg = load_train_config(mid, {})
+    assert (cfg.iters, cfg.lr, cfg.seed) == (20, 0.01, 1)
+    assert cfg.model == {"fpn_channels": 32, "zoom_size": 384}  # merged key by key
+    assert [ds.json for ds in cfg.datasets] == ["a.json", "b.json"]
+    cfg = load_train_config(top, {"iters": 5, "model": {"fpn_channels": 64}})
+    assert (cfg.iters, cfg.seed) == (5, 3)
+    assert cfg.model == {"fpn_channels": 64, "zoom_size": 384}
+    assert [ds.json for ds in cfg.datasets] == ["c.json"]  # a list replaces the base's whole
+
+    loop = tmp_path / "loop.toml"
+    loop.write_text("extends = 'sub/loop2.toml'\n")
+    (tmp_path / "sub" / "loop2.toml").write_text("extends = '../loop.toml'\n")
+    with pytest.raises(ValueError, match="extend each other in a loop"):
+        load_train_config(loop, {})
+    missing = tmp_path / "missing.toml"
+    missing.write_text("extends = 'nowhere.toml'\n")
+    with pytest.raises(ValueError, match=r"nowhere.toml: config file not found \(extended by .*missing.toml\)"):
+        load_train_config(missing, {})
+    (tmp_path / "num.toml").write_text("extends = 3\n")
+    with pytest.raises(TypeError, match="extends is the path of another recipe"):
+        load_train_config(tmp_path / "num.toml", {})
+    r = CliRunner().invoke(main, ["train", "--config", str(missing), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "nowhere.toml: config file not found" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "num.toml"), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "extends is the path of another recipe, got 3" in r.output
 
 
 def test_partly_labelled_images_are_never_background():

@@ -19,6 +19,10 @@ Example ``train.toml``::
     images = "data/images"
     weight = 1.0
     every_object = true        # false: only some objects labelled (never taught as background)
+
+A recipe can start from another one: ``extends = "train.toml"`` (relative to the file that says it)
+takes that file's settings, then this file's on top: top-level keys replace the base's, ``[model]``
+keys replace the base's key by key, and ``[[datasets]]``, when given, replace the base's list whole.
 """
 from __future__ import annotations
 
@@ -160,22 +164,38 @@ def _paths(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's settings as a dict, with its ``extends`` chain resolved (see the module doc)."""
+    p = Path(path)
+    if not p.is_file():
+        via = f" (extended by {_seen[-1]})" if _seen else ""
+        raise ValueError(f"{p}: config file not found{via}")
+    if p.resolve() in _seen:
+        chain = " -> ".join(str(q) for q in (*_seen, p.resolve()))
+        raise ValueError(f"{p}: recipes extend each other in a loop ({chain})")
+    try:
+        d = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{p}: not valid TOML ({e})") from None
+    base_name = d.pop("extends", None)
+    if base_name is None:
+        return d
+    if not isinstance(base_name, str):
+        raise TypeError(f"{p}: extends is the path of another recipe, got {base_name!r}")
+    base = read_recipe(p.parent / base_name, (*_seen, p.resolve()))
+    return merge_recipe(base, d)
+
+
+def merge_recipe(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top``'s settings over ``base``'s: keys replace keys, except ``model``, merged key by key."""
+    out = {**base, **top}
+    if "model" in base and "model" in top:
+        out["model"] = {**base["model"], **top["model"]}
+    return out
+
+
 def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """File settings, then the CLI's non-None overrides on top."""
-    base: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"{p}: config file not found")
-        try:
-            base = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{p}: not valid TOML ({e})") from None
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "model":
-            base["model"] = {**base.get("model", {}), **value}
-        else:
-            base[key] = value
-    return TrainConfig.from_dict(base)
+    """File settings (``extends`` resolved), then the CLI's non-None overrides on top."""
+    base = read_recipe(path) if path is not None else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return TrainConfig.from_dict(merge_recipe(base, given))

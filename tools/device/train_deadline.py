@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 # the stdlib tomllib, or tomli on Python 3.10
-from refinemask_cli.engine.config import load_train_config, tomllib
+from refinemask_cli.engine.config import load_train_config, read_recipe, tomllib
 from refinemask_cli.engine.run import run_training
 
 
@@ -35,7 +35,7 @@ class Deadline(Exception):
 def staged_datasets(recipe: Path, data: Path) -> list[dict]:
     """The recipe's datasets, read from their staged copies under ``data``."""
     out = []
-    for spec in tomllib.loads(recipe.read_text()).get("datasets", []):
+    for spec in read_recipe(recipe).get("datasets", []):
         name = Path(spec["json"]).parent.name
         parts = sorted(p for p in data.glob(f"{name}*") if (p / "instances.json").is_file()
                        and (p.name == name or p.name.startswith(name + "_")))
