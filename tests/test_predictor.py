@@ -10,6 +10,7 @@ from refinemask_cli.predictor import (
     Predictor,
     masks_to_priors,
     paste_box_region,
+    snap_to_edges,
 )
 
 from .helpers import tiny_config
@@ -81,6 +82,64 @@ def test_paste_is_subpixel_correct():
     # a box partly outside the image is clipped
     x0, y0, m = paste_box_region(probs, torch.tensor([-5.0, -5.0, 3.0, 3.0]), 10, 10)
     assert (x0, y0, m.shape) == (0, 0, (3, 3))
+
+
+def test_guided_filter_moves_a_soft_edge_towards_the_image_edge():
+    from refinemask_cli.geometry import guided_filter
+
+    # the image steps from dark to bright at column 20; the mask's soft edge sits at column 16 (a
+    # guided filter is local and linear: it moves the edge part of the way, never past the image's)
+    guide = np.zeros((40, 40), np.float32)
+    guide[:, 20:] = 1.0
+    cols = np.arange(40, dtype=np.float32) + 0.5
+    probs = np.tile(1 / (1 + np.exp(-(cols - 16) / 3)), (40, 1)).astype(np.float32)
+    before = (probs >= 0.5)[0].argmax()
+    after = (guided_filter(guide, probs, 4, 1e-3) >= 0.5)[0].argmax()
+    assert before == 16 and 16 < after <= 20
+    # a flat guide explains nothing: the source is only smoothed, its edge stays where it was
+    flat = guided_filter(np.full((40, 40), 0.5, np.float32), probs, 2, 1e-3)
+    assert (flat >= 0.5)[0].argmax() == 16 and np.allclose(flat, flat[:1])
+    assert np.abs(flat - probs).max() < 0.05
+    with pytest.raises(ValueError, match="differ in shape"):
+        guided_filter(guide, probs[:, :10], 2, 1e-3)
+
+
+def test_snap_to_edges_scales_with_the_grid_and_keeps_flat_regions():
+    guide = np.zeros((60, 90), np.float32)
+    guide[:, 45:] = 1.0
+    probs = np.zeros((60, 90), np.float32)
+    probs[:, 40:] = 1.0  # drawn 5 pixels left of the image's edge
+    snapped = snap_to_edges(probs, guide, cells=28)  # 90 px over 28 cells: a radius of 6 px
+    assert 40 < (snapped >= 0.5)[30].argmax() <= 45
+    assert snapped.min() >= 0 and snapped.max() <= 1
+    assert snap_to_edges(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), 28).shape == (0, 0)
+    # a box of fewer pixels than the grid has cells: the grid is finer than the image, nothing to snap
+    assert np.array_equal(snap_to_edges(probs[:20, 30:50], guide[:20, 30:50], 28), probs[:20, 30:50])
+    uniform = np.full((60, 90), 0.8, np.float32)  # no edge in the mask: nothing to move
+    assert np.allclose(snap_to_edges(uniform, guide, 28), 0.8, atol=1e-4)
+
+
+def test_refine_snaps_edges_unless_told_not_to(predictor, monkeypatch):
+    from refinemask_cli.predictor import RefineSettings
+
+    # a bright square [50, 250) on a dark image; the network's map (faked) draws it 3 px too large:
+    # a 240-px box over 112 cells is 2.1 px a cell, so the snapping window is 4 px either side
+    img = np.full((300, 300, 3), 30, np.uint8)
+    img[50:250, 50:250] = 220
+    logits = torch.full((1, 1, 112, 112), -6.0)
+    logits[..., 8:104, 8:104] = 6.0  # box [30, 270): cells 8..103 are pixels 47.1..252.9
+    monkeypatch.setattr(predictor.model, "refine", lambda images, boxes, *a, **k: [
+        {"boxes": boxes[0].float(), "labels": torch.ones(1, dtype=torch.int64), "mask_logits": logits}])
+    truth = np.zeros((300, 300), bool)
+    truth[50:250, 50:250] = True
+
+    def iou(settings):
+        m = predictor.refine(img, np.array([[30.0, 30.0, 270.0, 270.0]]), np.array([1]), settings=settings).masks[0]
+        full = m.full(300, 300)
+        return (full & truth).sum() / (full | truth).sum()
+
+    plain, snapped = iou(RefineSettings(snap_edges=False)), iou(RefineSettings())
+    assert plain < 0.95 and plain + 0.01 < snapped <= 1.0, (plain, snapped)
 
 
 def test_instance_mask_round_trip():

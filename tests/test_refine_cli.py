@@ -269,6 +269,25 @@ def test_zoom_flip_passes_and_min_area_through_the_cli(weights, data):
     assert r.exit_code == 2 and not (root / "bad.json").exists()
 
 
+def test_snap_edges_is_on_unless_turned_off(weights, data, monkeypatch):
+    """The option reaches the predictor (what snapping does: tests/test_predictor.py; these objects
+    are smaller than the mask grid, so it would change none of them)."""
+    src, root = data
+    real, seen = Predictor.refine_many, []
+
+    def spy(self, items, regress_boxes=False, settings=None):
+        seen.append(settings.snap_edges)
+        return real(self, items, regress_boxes, settings)
+
+    monkeypatch.setattr(Predictor, "refine_many", spy)
+    for flags, expect in (([], True), (["--no-snap-edges"], False), (["--snap-edges"], True)):
+        seen.clear()
+        r = run("refine", src, "--images", root, "-o", root / f"snap{len(flags)}{expect}.json", "--weights", weights,
+                "--device", "cpu", *flags)
+        assert r.exit_code == 0, r.output
+        assert seen and set(seen) == {expect}
+
+
 def test_min_area_removes_islands_and_says_so(weights, data, monkeypatch):
     src, root = data
     real = Predictor.refine_many

@@ -8,3 +8,6 @@ __all__ += ["Outline", "encode_rle", "mask_bbox", "mask_to_outline"]
 from .cleanup import Cleaned, remove_small_regions  # noqa: E402
 
 __all__ += ["Cleaned", "remove_small_regions"]
+from .guided import guided_filter
+
+__all__ += ["guided_filter"]

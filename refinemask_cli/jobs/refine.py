@@ -51,13 +51,14 @@ class RefineOptions:
     passes: int = RefineSettings.passes
     min_area: float = 64.0
     zoom_max_size: int = RefineSettings.zoom_max_size
+    snap_edges: bool = RefineSettings.snap_edges
     # crowd annotations: "keep" passes them through; "refine" refines their masks like any other
     # and writes them as single objects (iscrowd 0): CVAT exports brush masks as crowd RLE
     crowd: str = "keep"
 
     @property
     def settings(self) -> RefineSettings:
-        return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes, self.zoom_max_size)
+        return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes, self.zoom_max_size, self.snap_edges)
 
     def __post_init__(self) -> None:
         self.settings  # validates mode, zoom size and passes
