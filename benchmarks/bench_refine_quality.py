@@ -9,10 +9,11 @@ perimeter), (b) OpenCV GrabCut from the box, then `refine` from boxes and from p
 
     python benchmarks/bench_refine_quality.py --weights W.pt [--device auto] [--precision auto]
         [--sets coco-mval-dev coco-extra davis345 duts-tr-2k] [--limit N] [--no-grabcut] [--no-poly]
-        [--variant mode=whole --variant mode=zoom,flip=1,passes=2,min_area=16 ...] [--json OUT]
+        [--variant mode=whole --variant mode=zoom,flip=1,passes=2,min_area=16 ...] [--loose 0.15] [--json OUT]
 
 A variant is comma-separated RefineOptions fields: mode (auto|whole|zoom), zoom_size, zoom_max_size,
-flip (0/1), snap_edges (0/1), passes, min_area, min_agreement.
+flip (0/1), snap_edges (0/1), regress_boxes (0/1), passes, min_area, min_agreement. ``--loose F`` adds
+a row from loose boxes: each box grown by F of its width and height on every side, clipped to the image.
 """
 from __future__ import annotations
 
@@ -82,13 +83,26 @@ def coarse_docs(data: Path, gt: dict) -> tuple[dict, dict]:
     return {**gt, "annotations": box_anns}, {**gt, "annotations": poly_anns}
 
 
+def loosen(doc: dict, frac: float) -> dict:
+    """``doc`` with every box grown by ``frac`` of its side on every side, clipped to its image."""
+    sizes = {im["id"]: (im["width"], im["height"]) for im in doc["images"]}
+    anns = []
+    for a in doc["annotations"]:
+        x, y, w, h = a["bbox"]
+        width, height = sizes[a["image_id"]]
+        x0, y0 = max(0.0, x - frac * w), max(0.0, y - frac * h)
+        x1, y1 = min(float(width), x + w + frac * w), min(float(height), y + h + frac * h)
+        anns.append({**a, "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    return {**doc, "annotations": anns}
+
+
 def parse_variant(text: str) -> dict:
     out: dict = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
         if key == "mode":
             out[key] = value
-        elif key in ("flip", "snap_edges"):
+        elif key in ("flip", "snap_edges", "regress_boxes"):
             out[key] = value not in ("0", "false", "")
         elif key in ("passes", "zoom_size", "zoom_max_size"):
             out[key] = int(value)
@@ -123,6 +137,7 @@ def main() -> None:
                     help="refine options, e.g. mode=zoom,flip=1 (repeatable; default: the defaults)")
     ap.add_argument("--no-grabcut", action="store_true")
     ap.add_argument("--no-poly", action="store_true", help="refine from boxes only")
+    ap.add_argument("--loose", type=float, default=0.0, help="also refine from boxes grown by this fraction per side")
     ap.add_argument("--json", default=None, help="also write every score as JSON here")
     args = ap.parse_args()
     model, ckpt = load_model(args.weights)
@@ -154,6 +169,8 @@ def main() -> None:
             fields = parse_variant(v)
             label = v or "defaults"
             prompts = [("boxes", boxes, "box")] + ([] if args.no_poly else [("poly8", poly8, "auto")])
+            if args.loose:
+                prompts.append((f"boxes +{args.loose:.0%}", loosen(boxes, args.loose), "box"))
             for pname, doc, prompt in prompts:
                 opts = job.RefineOptions(prompt=prompt, **fields)
                 t = time.perf_counter()

@@ -261,6 +261,13 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         if vis_dir is not None:
             check_overlay_paths(doc)
         predictor, ckpt = make_predictor(weights, device, precision, batch_size, canvas=canvas)
+        if regress_boxes:
+            from .weights.checkpoint import detector_trained, resolve_weights
+
+            if detector_trained(ckpt.get("meta", {})) is False:  # its box head would move boxes at random
+                raise UserError(f"{resolve_weights(weights, 'refine')}: --regress-boxes needs a trained box head and "
+                                "these weights' detector was never trained; leave --regress-boxes out, or pass "
+                                "--weights with a trained detector (e.g. weights/refinemask_mnv2_predict.pt)")
         # a folder input (LabelMe, YOLO) is fingerprinted by the document read from it
         source = input_json if input_json.is_file() else dumps(doc).encode()
         journal = job.Journal(output, job.fingerprint(source, ckpt["sha256"], options, predictor.runtime + shard.suffix),

@@ -269,6 +269,22 @@ def test_zoom_flip_passes_and_min_area_through_the_cli(weights, data):
     assert r.exit_code == 2 and not (root / "bad.json").exists()
 
 
+def test_regress_boxes_refuses_an_untrained_box_head(tmp_path, data):
+    """The shipped refine default never trained its box head (meta.detector = untrained): with it,
+    --regress-boxes would move every box at random, so refine stops before writing anything."""
+    src, root = data
+    untrained = tiny_weights(tmp_path / "untrained.pt", train_steps=2, meta={"detector": "untrained"})
+    out = root / "regressed.json"
+    r = run("refine", src, "--images", root, "-o", out, "--weights", untrained, "--device", "cpu", "--regress-boxes")
+    assert r.exit_code == 1 and "--regress-boxes needs a trained box head" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+    trained = tiny_weights(tmp_path / "trained.pt", train_steps=2, meta={"detector": "trained"})
+    r = run("refine", src, "--images", root, "-o", out, "--weights", trained, "--device", "cpu", "--regress-boxes")
+    assert r.exit_code == 0, r.output
+    ids = [a["id"] for a in json.loads(src.read_text())["annotations"]]
+    assert [a["id"] for a in json.loads(out.read_text())["annotations"]] == ids
+
+
 def test_snap_edges_is_on_unless_turned_off(weights, data, monkeypatch):
     """The option reaches the predictor (what snapping does: tests/test_predictor.py; these objects
     are smaller than the mask grid, so it would change none of them)."""
