@@ -160,16 +160,28 @@ def check_image(image: np.ndarray, index: int = 0) -> None:
         raise ValueError(f"image {index}: expected shape (H, W, 3), got {image.shape}")
 
 
-def paste_box_region(probs: torch.Tensor, box: torch.Tensor, height: int, width: int, threshold: float = 0.5):
+def paste_box_probs(probs: torch.Tensor, box: torch.Tensor, height: int, width: int):
     """Paste one ``(S, S)`` probability map spanning ``box`` into the image grid, only over the box.
 
     Only pixels whose centres lie inside the box are sampled (outside it the map says nothing).
 
-    Returns ``(x0, y0, mask)`` with ``mask`` a bool tensor over pixels ``[y0, y1) × [x0, x1)``.
+    Returns ``(x0, y0, probabilities)``: a float tensor over pixels ``[y0, y1) × [x0, x1)``.
     A pixel is sampled at its centre ``(x + 0.5, y + 0.5)``; the map's cells tile the box uniformly.
     """
-    x0, y0, sampled = paste_box_probs(probs, box, height, width)
-    return x0, y0, sampled >= threshold
+    x1, y1, x2, y2 = (float(v) for v in box)
+    # the pixels whose centres lie in the box: j + 0.5 in [x1, x2)
+    ix0 = max(int(math.ceil(x1 - 0.5)), 0)
+    iy0 = max(int(math.ceil(y1 - 0.5)), 0)
+    ix1 = min(int(math.ceil(x2 - 0.5)), width)
+    iy1 = min(int(math.ceil(y2 - 0.5)), height)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return 0, 0, torch.zeros((0, 0), dtype=torch.float32, device=probs.device)
+    bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
+    xs = (torch.arange(ix0, ix1, device=probs.device, dtype=torch.float32) + 0.5 - x1) / bw * 2 - 1
+    ys = (torch.arange(iy0, iy1, device=probs.device, dtype=torch.float32) + 0.5 - y1) / bh * 2 - 1
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+    sampled = F.grid_sample(probs[None, None].float(), grid, mode="bilinear", align_corners=False)[0, 0]
+    return ix0, iy0, sampled
 
 
 # the guided filter of snap_to_edges: a window of 2 * SNAP_RADIUS + 1 cells of the network's mask grid
@@ -190,24 +202,6 @@ def snap_to_edges(probs: np.ndarray, guide: np.ndarray, cells: int) -> np.ndarra
         return probs
     radius = max(1, round(SNAP_RADIUS * max(probs.shape) / cells))
     return np.clip(guided_filter(guide, probs, radius, SNAP_EPS), 0.0, 1.0)
-
-
-def paste_box_probs(probs: torch.Tensor, box: torch.Tensor, height: int, width: int):
-    """``paste_box_region`` before the threshold: ``(x0, y0, probabilities)`` over the box's pixels."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    # the pixels whose centres lie in the box: j + 0.5 in [x1, x2)
-    ix0 = max(int(math.ceil(x1 - 0.5)), 0)
-    iy0 = max(int(math.ceil(y1 - 0.5)), 0)
-    ix1 = min(int(math.ceil(x2 - 0.5)), width)
-    iy1 = min(int(math.ceil(y2 - 0.5)), height)
-    if ix1 <= ix0 or iy1 <= iy0:
-        return 0, 0, torch.zeros((0, 0), dtype=torch.float32, device=probs.device)
-    bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
-    xs = (torch.arange(ix0, ix1, device=probs.device, dtype=torch.float32) + 0.5 - x1) / bw * 2 - 1
-    ys = (torch.arange(iy0, iy1, device=probs.device, dtype=torch.float32) + 0.5 - y1) / bh * 2 - 1
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
-    sampled = F.grid_sample(probs[None, None].float(), grid, mode="bilinear", align_corners=False)[0, 0]
-    return ix0, iy0, sampled
 
 
 def brightness(image: np.ndarray) -> np.ndarray:
@@ -292,12 +286,12 @@ class Predictor:
             for b, p in zip(boxes[start : start + self.paste_chunk], probs):
                 x0, y0, sampled = paste_box_probs(p, b, height, width)
                 if guide is None:
-                    yield InstanceMask(x0, y0, (sampled >= self.threshold).cpu().numpy())
-                    continue
-                region = sampled.cpu().numpy()
-                h, w = region.shape
-                snapped = snap_to_edges(region, guide[y0 : y0 + h, x0 : x0 + w], p.shape[-1])
-                yield InstanceMask(x0, y0, snapped >= self.threshold)
+                    mask = (sampled >= self.threshold).cpu().numpy()
+                else:
+                    region = sampled.cpu().numpy()
+                    h, w = region.shape
+                    mask = snap_to_edges(region, guide[y0 : y0 + h, x0 : x0 + w], p.shape[-1]) >= self.threshold
+                yield InstanceMask(x0, y0, mask)
 
     def _detections(self, out: dict, size: tuple[int, int], scores: torch.Tensor | None = None,
                     guide: np.ndarray | None = None) -> Detections:

@@ -9,7 +9,7 @@ from refinemask_cli.predictor import (
     InstanceMask,
     Predictor,
     masks_to_priors,
-    paste_box_region,
+    paste_box_probs,
     snap_to_edges,
 )
 
@@ -72,15 +72,17 @@ def test_bad_boxes_and_labels(predictor):
 
 def test_paste_is_subpixel_correct():
     probs = torch.ones(112, 112)
-    x0, y0, m = paste_box_region(probs, torch.tensor([2.0, 3.0, 10.0, 7.0]), 20, 20)
+    x0, y0, p = paste_box_probs(probs, torch.tensor([2.0, 3.0, 10.0, 7.0]), 20, 20)
+    m = p >= 0.5
     assert (x0, y0) == (2, 3) and m.shape == (4, 8) and bool(m.all())
     # a left-half map over a box [0, 8) covers exactly pixels 0..3
     half = torch.zeros(112, 112)
     half[:, :56] = 1
-    x0, _, m = paste_box_region(half, torch.tensor([0.0, 0.0, 8.0, 4.0]), 10, 10)
+    x0, _, p = paste_box_probs(half, torch.tensor([0.0, 0.0, 8.0, 4.0]), 10, 10)
+    m = p >= 0.5
     assert m[0].tolist() == [True] * 4 + [False] * 4
     # a box partly outside the image is clipped
-    x0, y0, m = paste_box_region(probs, torch.tensor([-5.0, -5.0, 3.0, 3.0]), 10, 10)
+    x0, y0, m = paste_box_probs(probs, torch.tensor([-5.0, -5.0, 3.0, 3.0]), 10, 10)
     assert (x0, y0, m.shape) == (0, 0, (3, 3))
 
 
