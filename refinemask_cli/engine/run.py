@@ -163,6 +163,10 @@ def run_training(
     init_ckpt = read_checkpoint(cfg.init) if init_is_checkpoint(cfg) else None
     init_config = init_ckpt["config"] if init_ckpt is not None else None
     model_cfg = resolve_model_config(cfg, init_config)
+    # the training sets are read before the model is built and the run folder made: a bad file is
+    # reported first (not after loading the init weights) and leaves no half-made run
+    datasets = build_datasets(cfg, model_cfg.class_names if model_cfg.class_agnostic != "all" else (),
+                              model_cfg.class_agnostic == "all")
     model = build_model(model_cfg)
     init_name, init_detector = initialise(model, cfg.init, init_ckpt)
     # a mask-mode run leaves the RPN and box head as they came
@@ -182,9 +186,6 @@ def run_training(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    # the training sets are read before the run folder is made: a bad file leaves no half-made run
-    datasets = build_datasets(cfg, model_cfg.class_names if model_cfg.class_agnostic != "all" else (),
-                              model_cfg.class_agnostic == "all")
     state_path = out_dir / "last.pt"
     start = 0
     if resume:
