@@ -5,8 +5,10 @@
 #   bash tools/device/lease.sh 1         carry .whl .stage/1   wheels + imgviz, coco128, the whole test
 #                                                              suite, and beside it a 30-step speed probe
 #                                                              of each run
-#   bash tools/device/lease.sh stage N   carry .stage/N        one more staged part, nothing else
-#                                                              (N = 2, 4, 5: davis345, coco-mval-dev a, b)
+#   bash tools/device/lease.sh stage N [M ...]   carry .stage/N ...   more staged parts, nothing else
+#                                                              (N = 2, 4, 5: davis345, coco-mval-dev a, b;
+#                                                              all three in one call when the refine weights
+#                                                              stay behind: tools/device/README.md)
 #   bash tools/device/lease.sh train N   carry .stage/N        the last part (N = 3: coco-extra), then
 #                                                              every run side by side until DEADLINE s,
 #                                                              float16 files split into $OUT
@@ -121,7 +123,8 @@ case "${1:-}" in
     ;;
   stage)
     setup_python
-    stage "${2:?which .stage/N}"
+    for n in "${@:2}"; do stage "$n"; done
+    [ $# -ge 2 ] || { echo "which .stage/N?" >&2; exit 2; }
     ls "$DATA"
     ;;
   train)
