@@ -122,9 +122,9 @@ case "${1:-}" in
     for spec in $RUNS; do tail -n 1 "$OUT/probe_${spec%%:*}.log"; done
     ;;
   stage)
+    [ $# -ge 2 ] || { echo "which .stage/N?" >&2; exit 2; }
     setup_python
     for n in "${@:2}"; do stage "$n"; done
-    [ $# -ge 2 ] || { echo "which .stage/N?" >&2; exit 2; }
     ls "$DATA"
     ;;
   train)
