@@ -367,6 +367,18 @@ def test_partly_labelled_datasets_in_a_config(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "missing.json" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def test_a_missing_training_image_is_one_line_before_anything_is_made(tmp_path):
+    """Said up front, naming the JSON, the image id and the file (not "Caught ImageReadError in
+    DataLoader worker process 0" once the run folder exists)."""
+    src = make_dataset(tmp_path, n_images=3)
+    (tmp_path / "img_1.png").unlink()
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none",
+                                  "--config", str(tiny_toml(tmp_path)), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"{src}: image 11: file img_1.png not found in {tmp_path}" in r.output and not out.exists()
+
+
 def test_train_with_validation_chooses_predict_defaults(tmp_path, monkeypatch):
     """A run whose detector trained, given --val-json: its detections on the validation images are
     scored and the best-F1 threshold goes into model_final.pt, where `predict` reads its defaults."""

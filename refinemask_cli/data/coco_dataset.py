@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
-from ..io.coco import read_coco
+from ..io.coco import CocoError, read_coco
 from ..io.images import read_image
 
 
@@ -58,6 +58,14 @@ class CocoInstances(Dataset):
     def restrict(self, image_ids: set[int]) -> None:
         """Only the images of ``image_ids``, in the same order."""
         self.ids = [i for i in self.ids if i in image_ids]
+
+    def check_files(self, source: str | Path) -> None:
+        """A ``CocoError`` naming ``source`` (the JSON) and the image id when an image this set will
+        read is not in its folder: said before training starts, not from inside a loader worker."""
+        for i in self.ids:
+            name = self.images[i]["file_name"]
+            if not (self.images_dir / name).is_file():
+                raise CocoError(f"{source}: image {i}: file {name} not found in {self.images_dir}")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -70,6 +70,7 @@ def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: boo
             names = set().union(*(held_back_names(read_coco(other)) for other in spec.exclude_held_back_of))
             ds.restrict({i for i, im in ds.images.items()
                          if i not in held and Path(im["file_name"]).name not in names})
+        ds.check_files(spec.json)
         out.append(ds)
     return out
 
