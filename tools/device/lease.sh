@@ -26,7 +26,8 @@
 #
 # RUNS: space-separated NAME:RECIPE[:KEY=VALUE[,KEY=VALUE]] (the same in calls 1 and train), each run
 # starting from INIT. Defaults: the stage-6 recipe from the shipped file with and without the partly
-# labelled coco-mval-dev (the next step of tools/device/README.md). DEVICE=cpu with small
+# labelled coco-mval-dev, at a quarter of its rate (the next step of tools/device/README.md: stage 8,
+# the same at the full rate, overfitted). DEVICE=cpu with small
 # DEADLINE/PROBE_ITERS tries the whole sequence on this machine (the test suite is skipped then unless
 # TESTS=1).
 set -u
@@ -37,7 +38,7 @@ DATA=${DATA:-/root/data}
 WORK=${WORK:-/root/lease}
 DEVICE=${DEVICE:-cuda}
 INIT=${INIT:-weights/refinemask_mnv2_predict.pt}
-RUNS=${RUNS:-"E:tools/device/predict_partial.toml F:weights/train_predict_gpu_cp.toml:seed=12"}
+RUNS=${RUNS:-"E:tools/device/predict_partial.toml:seed=15,lr=0.005 F:weights/train_predict_gpu_f.toml:seed=16,lr=0.005"}
 DEADLINE=${DEADLINE:-480}
 PROBE_ITERS=${PROBE_ITERS:-30}
 mkdir -p "$OUT" "$DATA" "$WORK"
