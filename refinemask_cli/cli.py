@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,20 @@ class UserError(click.ClickException):
         error(self.format_message())
 
 
+def one_line(e: BaseException) -> str:
+    """The first line of an error's message; for one re-raised by a DataLoader worker ("Caught
+    ImageReadError in DataLoader worker process 0." + the worker's traceback), the original message,
+    which names the file."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 2 and lines[1].startswith("Original Traceback"):
+        head, sep, rest = lines[-1].strip().partition(": ")
+        if sep and head.rsplit(".", 1)[-1] == type(e).__name__:
+            return rest
+    return lines[0]
+
+
 def handle_errors(fn):
     """Turn expected failures into one clear line and exit code 1 (traceback only with --debug)."""
 
@@ -102,7 +117,7 @@ def handle_errors(fn):
         except EXPECTED_ERRORS as e:
             if ctx.find_root().params.get("debug"):
                 raise
-            raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+            raise UserError(one_line(e)) from None
 
     return wrapper
 
@@ -112,6 +127,9 @@ def handle_errors(fn):
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def main(debug: bool) -> None:
     """Make instance-segmentation annotations precise with RefineMask."""
+    # OpenCV's own decoder warnings ("PNG input buffer is incomplete") would print beside the one
+    # line that names the file; read before OpenCV is first imported, and a user's setting wins
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 @main.group()

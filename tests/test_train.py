@@ -2,6 +2,7 @@
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,8 +205,6 @@ def test_warmup_takes_at_most_a_fifth_of_a_short_run():
 def test_every_shipped_recipe_loads():
     """The recipes in weights/ (the model cards' "reproduce" lines) and the next lease's candidates in
     tools/device/ parse, and their [model] tables are valid architectures."""
-    from pathlib import Path
-
     from refinemask_cli.engine.run import resolve_model_config
 
     root = Path(__file__).resolve().parents[1]
@@ -367,16 +366,41 @@ def test_partly_labelled_datasets_in_a_config(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "missing.json" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def train_with_a_bad_image(tmp_path, spoil, *args: str, workers: int = 0):
+    """``refinemask train`` on 3 tiny images after ``spoil(path of image 11)``: (the result, the
+    JSON, the run folder)."""
+    src = make_dataset(tmp_path, n_images=3)
+    spoil(tmp_path / "img_1.png")
+    config = tiny_toml(tmp_path)
+    config.write_text(config.read_text().replace("num_workers = 0", f"num_workers = {workers}"))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none",
+                                  "--config", str(config), "--out", str(out), "--device", "cpu", *args])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    return r, src, out
+
+
 def test_a_missing_training_image_is_one_line_before_anything_is_made(tmp_path):
     """Said up front, naming the JSON, the image id and the file (not "Caught ImageReadError in
     DataLoader worker process 0" once the run folder exists)."""
-    src = make_dataset(tmp_path, n_images=3)
-    (tmp_path / "img_1.png").unlink()
-    out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none",
-                                  "--config", str(tiny_toml(tmp_path)), "--out", str(out), "--device", "cpu"])
-    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    r, src, out = train_with_a_bad_image(tmp_path, Path.unlink)
     assert f"{src}: image 11: file img_1.png not found in {tmp_path}" in r.output and not out.exists()
+
+
+def test_a_training_file_that_is_no_image_is_one_line_before_anything_is_made(tmp_path):
+    r, src, out = train_with_a_bad_image(
+        tmp_path, lambda png: png.write_bytes(b"not an image: a text file saved under an image's name"))
+    assert f"{src}: image 11: {tmp_path / 'img_1.png'} is not a readable image" in r.output and not out.exists()
+
+
+def test_a_truncated_training_image_read_in_a_loader_worker_names_the_file(tmp_path):
+    """A file that starts as a PNG but breaks off passes the up-front check and fails in a loader
+    worker: the user sees the reader's line naming the file, not "Caught ImageReadError in
+    DataLoader worker process 0"."""
+    r, _, _ = train_with_a_bad_image(tmp_path, lambda png: png.write_bytes(png.read_bytes()[:60]),
+                                     "--iters", "6", "--batch-size", "3", workers=1)
+    png = tmp_path / "img_1.png"
+    assert r.output.strip() == f"error: {png}: not a readable image (corrupt or unsupported format)"
 
 
 def test_train_with_validation_chooses_predict_defaults(tmp_path, monkeypatch):

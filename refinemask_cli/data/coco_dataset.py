@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
 from ..io.coco import CocoError, read_coco
-from ..io.images import read_image
+from ..io.images import looks_readable, read_image
 
 
 class CocoInstances(Dataset):
@@ -61,11 +61,16 @@ class CocoInstances(Dataset):
 
     def check_files(self, source: str | Path) -> None:
         """A ``CocoError`` naming ``source`` (the JSON) and the image id when an image this set will
-        read is not in its folder: said before training starts, not from inside a loader worker."""
+        read is not in its folder, or is not an image (its first bytes match no decoder): said before
+        training starts, not from inside a loader worker."""
         for i in self.ids:
             name = self.images[i]["file_name"]
-            if not (self.images_dir / name).is_file():
+            path = self.images_dir / name
+            if not path.is_file():
                 raise CocoError(f"{source}: image {i}: file {name} not found in {self.images_dir}")
+            if not looks_readable(path):
+                raise CocoError(f"{source}: image {i}: {path} is not a readable image (corrupt or unsupported "
+                                "format); replace the file or drop the image from the JSON")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -17,6 +17,13 @@ class ImageReadError(ValueError):
     pass
 
 
+def looks_readable(path: str | Path) -> bool:
+    """Whether ``path`` is a file whose first bytes one of OpenCV's decoders (the ones ``read_image``
+    uses) takes: a cheap check before a long job, not a full decode (a truncated file passes)."""
+    p = Path(path)
+    return p.is_file() and bool(cv2.haveImageReader(str(p)))
+
+
 def read_image(path: str | Path) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
