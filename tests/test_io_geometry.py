@@ -8,7 +8,7 @@ from pycocotools import mask as mask_utils
 
 from refinemask_cli.data.coco_dataset import CocoInstances
 from refinemask_cli.geometry import segmentation_kind, segmentation_to_mask
-from refinemask_cli.io.images import ImageReadError, read_image
+from refinemask_cli.io.images import ImageReadError, looks_readable, read_image
 
 
 def test_polygon_and_rles_decode_to_the_same_mask():
@@ -58,6 +58,18 @@ def test_read_image_variants(tmp_path):
         read_image(tmp_path / "bad.jpg")
     with pytest.raises(ImageReadError, match="not found"):
         read_image(tmp_path / "none.jpg")
+
+
+def test_looks_readable_checks_the_header_and_falls_back_to_decoding(tmp_path, monkeypatch):
+    cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((6, 9, 3), np.uint8))
+    (tmp_path / "text.jpg").write_bytes(b"not an image")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:40])
+    assert looks_readable(tmp_path / "ok.png") and not looks_readable(tmp_path / "text.jpg")
+    assert not looks_readable(tmp_path / "none.png") and not looks_readable(tmp_path)
+    assert looks_readable(tmp_path / "cut.png")  # a header check: only a full decode finds a cut file
+    # where OpenCV cannot open a path itself (non-ASCII names on Windows), the file is decoded instead
+    monkeypatch.setattr(cv2, "haveImageReader", lambda path: False)
+    assert looks_readable(tmp_path / "ok.png") and not looks_readable(tmp_path / "text.jpg")
 
 
 def _exif_rotated_jpeg(path, img_bgr, orientation=6):

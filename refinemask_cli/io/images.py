@@ -19,9 +19,19 @@ class ImageReadError(ValueError):
 
 def looks_readable(path: str | Path) -> bool:
     """Whether ``path`` is a file whose first bytes one of OpenCV's decoders (the ones ``read_image``
-    uses) takes: a cheap check before a long job, not a full decode (a truncated file passes)."""
+    uses) takes: a cheap check before a long job, not a full decode (a truncated file passes). Where
+    OpenCV cannot open the path itself (non-ASCII names on Windows) it decodes the file as
+    ``read_image`` does, so no readable image is refused."""
     p = Path(path)
-    return p.is_file() and bool(cv2.haveImageReader(str(p)))
+    if not p.is_file():
+        return False
+    if cv2.haveImageReader(str(p)):
+        return True
+    try:
+        read_image(p)
+    except ImageReadError:
+        return False
+    return True
 
 
 def read_image(path: str | Path) -> np.ndarray:
