@@ -403,6 +403,26 @@ def test_a_truncated_training_image_read_in_a_loader_worker_names_the_file(tmp_p
     assert r.output.strip() == f"error: {png}: not a readable image (corrupt or unsupported format)"
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_starts_over_and_says_so_on_resume(tmp_path):
+    """A truncated image stops the run at its first step, after the run folder was made: --resume
+    says how to go on, and the same command without it, once the file is fixed, trains."""
+    good = None
+
+    def cut(png):
+        nonlocal good
+        good = png.read_bytes()
+        png.write_bytes(good[:60])
+
+    _, src, out = train_with_a_bad_image(tmp_path, cut, "--iters", "3", "--batch-size", "3", workers=1)
+    args = ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none", "--config",
+            str(tmp_path / "tiny.toml"), "--out", str(out), "--device", "cpu", "--iters", "3", "--batch-size", "3"]
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 1 and "run the same command without --resume to start it over" in r.output, r.output
+    (tmp_path / "img_1.png").write_bytes(good)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and (out / "model_final.pt").is_file(), r.output
+
+
 def test_train_with_validation_chooses_predict_defaults(tmp_path, monkeypatch):
     """A run whose detector trained, given --val-json: its detections on the validation images are
     scored and the best-F1 threshold goes into model_final.pt, where `predict` reads its defaults."""

@@ -191,7 +191,8 @@ def run_training(
     start = 0
     if resume:
         if not state_path.is_file():
-            raise ValueError(f"{state_path}: nothing to resume (no training state in the run folder)")
+            raise ValueError(f"{state_path} not found: nothing to resume (the run stopped before its first "
+                             "checkpoint); run the same command without --resume to start it over")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state.get("config") != cfg.to_dict():
             raise ValueError(f"{out_dir}: the run was started with other settings; resume with the same config")
