@@ -368,27 +368,28 @@ def test_partly_labelled_datasets_in_a_config(tmp_path, monkeypatch):
 
 def train_with_a_bad_image(tmp_path, spoil, *args: str, workers: int = 0):
     """``refinemask train`` on 3 tiny images after ``spoil(path of image 11)``: (the result, the
-    JSON, the run folder)."""
+    JSON, the run folder, the command line to run again)."""
     src = make_dataset(tmp_path, n_images=3)
     spoil(tmp_path / "img_1.png")
     config = tiny_toml(tmp_path)
     config.write_text(config.read_text().replace("num_workers = 0", f"num_workers = {workers}"))
     out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none",
-                                  "--config", str(config), "--out", str(out), "--device", "cpu", *args])
+    command = ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none",
+               "--config", str(config), "--out", str(out), "--device", "cpu", *args]
+    r = CliRunner().invoke(main, command)
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
-    return r, src, out
+    return r, src, out, command
 
 
 def test_a_missing_training_image_is_one_line_before_anything_is_made(tmp_path):
     """Said up front, naming the JSON, the image id and the file (not "Caught ImageReadError in
     DataLoader worker process 0" once the run folder exists)."""
-    r, src, out = train_with_a_bad_image(tmp_path, Path.unlink)
+    r, src, out, _ = train_with_a_bad_image(tmp_path, Path.unlink)
     assert f"{src}: image 11: file img_1.png not found in {tmp_path}" in r.output and not out.exists()
 
 
 def test_a_training_file_that_is_no_image_is_one_line_before_anything_is_made(tmp_path):
-    r, src, out = train_with_a_bad_image(
+    r, src, out, _ = train_with_a_bad_image(
         tmp_path, lambda png: png.write_bytes(b"not an image: a text file saved under an image's name"))
     assert f"{src}: image 11: {tmp_path / 'img_1.png'} is not a readable image" in r.output and not out.exists()
 
@@ -397,8 +398,8 @@ def test_a_truncated_training_image_read_in_a_loader_worker_names_the_file(tmp_p
     """A file that starts as a PNG but breaks off passes the up-front check and fails in a loader
     worker: the user sees the reader's line naming the file, not "Caught ImageReadError in
     DataLoader worker process 0"."""
-    r, _, _ = train_with_a_bad_image(tmp_path, lambda png: png.write_bytes(png.read_bytes()[:60]),
-                                     "--iters", "6", "--batch-size", "3", workers=1)
+    r, _, _, _ = train_with_a_bad_image(tmp_path, lambda png: png.write_bytes(png.read_bytes()[:60]),
+                                        "--iters", "6", "--batch-size", "3", workers=1)
     png = tmp_path / "img_1.png"
     assert r.output.strip() == f"error: {png}: not a readable image (corrupt or unsupported format)"
 
@@ -413,9 +414,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_over_and_says_so_o
         good = png.read_bytes()
         png.write_bytes(good[:60])
 
-    _, src, out = train_with_a_bad_image(tmp_path, cut, "--iters", "3", "--batch-size", "3", workers=1)
-    args = ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none", "--config",
-            str(tmp_path / "tiny.toml"), "--out", str(out), "--device", "cpu", "--iters", "3", "--batch-size", "3"]
+    _, _, out, args = train_with_a_bad_image(tmp_path, cut, "--iters", "3", "--batch-size", "3", workers=1)
     r = CliRunner().invoke(main, [*args, "--resume"])
     assert r.exit_code == 1 and "run the same command without --resume to start it over" in r.output, r.output
     (tmp_path / "img_1.png").write_bytes(good)

@@ -66,6 +66,13 @@ stage() {  # copy a carried .stage/N into DATA
   done
 }
 
+stage_parts() {  # stage_parts N [M ...]: several carried parts, then what DATA holds
+  [ $# -ge 1 ] || { echo "which .stage/N?" >&2; exit 2; }
+  setup_python
+  for n in "$@"; do stage "$n"; done
+  ls "$DATA"
+}
+
 each_run() {  # each_run FUNCTION: FUNCTION NAME RECIPE SETS for every run of RUNS, side by side
   local pids=() spec name recipe sets
   for spec in $RUNS; do
@@ -136,16 +143,10 @@ case "${1:-}" in
     fi
     ;;
   stage)
-    [ $# -ge 2 ] || { echo "which .stage/N?" >&2; exit 2; }
-    setup_python
-    for n in "${@:2}"; do stage "$n"; done
-    ls "$DATA"
+    stage_parts "${@:2}"
     ;;
   train)
-    [ $# -ge 2 ] || { echo "which .stage/N?" >&2; exit 2; }
-    setup_python
-    for n in "${@:2}"; do stage "$n"; done
-    ls "$DATA"
+    stage_parts "${@:2}"
     each_run train
     each_run bring_back
     tar czf "$OUT/logs.tgz" -C "$WORK" logs
