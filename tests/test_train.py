@@ -4,6 +4,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -24,7 +25,7 @@ def tiny_cfg(root, **kw):
     src = make_dataset(root, n_images=3)
     base = dict(datasets=[{"json": str(src), "images": str(root)}], model=TINY_MODEL, init="none", iters=4,
                 batch_size=2, min_sizes=[64, 72], max_size=96, num_workers=0, checkpoint_every=2,
-                warmup_iters=2, copy_paste=0.5, seed=3)
+                warmup_iters=2, copy_paste=0.5, crop=0.5, color_jitter=0.2, seed=3)
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -190,6 +191,80 @@ def test_fine_tuning_a_checkpoint_keeps_its_architecture_classes_and_size(tmp_pa
     assert r.exit_code == 0, r.output
     before, after = read_checkpoint(init)["config"], read_checkpoint(out / "model_final.pt")["config"]
     assert after == before  # one class "object", min_size 64, max_size 96
+
+
+def coordinate_scene():
+    """A 60×100 image whose pixels say where they are (R = row, G = column), a large object, a
+    small one in a corner and a labelled box for each."""
+    from refinemask_cli.data.mixture import masks_to_boxes
+
+    rows, cols = np.mgrid[:60, :100]
+    img = np.stack([rows, cols, np.full_like(rows, 7)], -1).astype(np.uint8)
+    masks = np.zeros((2, 60, 100), np.uint8)
+    masks[0, 10:50, 20:80] = 1
+    masks[1, 0:5, 0:5] = 1
+    return img, masks, masks_to_boxes(masks), np.array([0, 3])
+
+
+def test_random_crop_zooms_in_on_a_window_and_keeps_what_is_visible_of_each_object():
+    from refinemask_cli.data.mixture import masks_to_boxes, random_crop
+
+    img, masks, boxes, labels = coordinate_scene()
+    sizes = set()
+    for seed in range(40):
+        c_img, c_masks, c_boxes, c_labels = random_crop((img, masks, boxes, labels), (0.5, 0.8),
+                                                        np.random.default_rng(seed))
+        h, w = c_img.shape[:2]
+        assert 0.5 * 60 - 1 <= h <= 0.8 * 60 + 1 and abs(h / w - 0.6) < 0.03  # the image's aspect
+        y0, x0 = int(c_img[0, 0, 0]), int(c_img[0, 0, 1])  # where the window was
+        window = masks[:, y0 : y0 + h, x0 : x0 + w]
+        kept = window.reshape(2, -1).sum(1) >= 16
+        assert kept[0]  # the large object is always partly in a window this size
+        np.testing.assert_array_equal(c_masks, window[kept])
+        np.testing.assert_array_equal(c_labels, labels[kept])
+        np.testing.assert_array_equal(c_boxes, masks_to_boxes(window[kept]))
+        sizes.add((h, w))
+    assert len(sizes) > 5
+    # a window that can keep no object is drawn again, then the image is left whole
+    tiny = masks[1:]
+    same = random_crop((img, tiny, boxes[1:], labels[1:]), (0.3, 0.3), np.random.default_rng(0), tries=2)
+    assert same[0] is img and same[1] is tiny
+
+
+def test_color_jitter_changes_light_and_colour_not_geometry():
+    from refinemask_cli.data.mixture import color_jitter
+
+    img = coordinate_scene()[0]
+    assert np.array_equal(color_jitter(img, 0.0, np.random.default_rng(0)), img)
+    out = color_jitter(img, 0.4, np.random.default_rng(1))
+    assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
+    grey = np.repeat(img[..., :1], 3, axis=2)
+    g = color_jitter(grey, 0.4, np.random.default_rng(2))
+    assert np.array_equal(g[..., 0], g[..., 1]) and np.array_equal(g[..., 1], g[..., 2])  # grey stays grey
+
+
+def test_crop_and_colour_are_drawn_from_the_sample_seed(tmp_path):
+    """The same key gives the same sample (a resumed run sees the same batches); crop and colour
+    change it; their settings are checked."""
+    from refinemask_cli.data.coco_dataset import CocoInstances
+    from refinemask_cli.data.mixture import MixedInstances
+
+    ds = CocoInstances(make_dataset(tmp_path, n_images=2), tmp_path, class_agnostic=True)
+    plain = MixedInstances([ds], flip=0.0)
+    aug = MixedInstances([ds], flip=0.0, crop=1.0, crop_scale=(0.5, 0.6), color=0.3)
+    a, b = aug[(0, 0, 11)], aug[(0, 0, 11)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["masks"], b[1]["masks"])
+    p = plain[(0, 0, 11)]
+    assert a[0].shape[1] < p[0].shape[1] and a[1]["masks"].shape[1:] == a[0].shape[1:]
+    assert len(a[1]["boxes"]) == len(a[1]["masks"]) == len(a[1]["labels"])
+    base = {"datasets": [{"json": "a", "images": "b"}]}
+    for bad, words in (({"crop_scale": [0.8, 0.5]}, "crop_scale is"), ({"crop_scale": [0, 1]}, "crop_scale is"),
+                       ({"crop": 1.5}, "crop is a probability"), ({"color_jitter": 1.0}, "color_jitter must be"),
+                       ({"crop_scale": 0.5}, "crop_scale is a list of numbers, got 0.5"),
+                       ({"steps": 0.7}, "steps is a list of numbers")):
+        with pytest.raises(ValueError, match=words):
+            TrainConfig.from_dict({**base, **bad})
+    assert TrainConfig.from_dict({**base, "crop_scale": [0.4, 0.9]}).crop_scale == (0.4, 0.9)
 
 
 def test_warmup_takes_at_most_a_fifth_of_a_short_run():

@@ -47,6 +47,45 @@ def copy_paste(base, other, rng: np.random.Generator, min_area: int = 16):
     return img, all_masks, masks_to_boxes(all_masks), all_labels
 
 
+def random_crop(sample, scale: tuple[float, float], rng: np.random.Generator, min_area: int = 16, tries: int = 10):
+    """A random window of the image, its sides ``scale[0]..scale[1]`` of the image's (the same aspect):
+    the model's resize then shows it at the full input size, so its objects are zoomed in. Objects cut
+    by the window keep their visible part (at least ``min_area`` pixels; smaller remnants are dropped,
+    as copy-paste drops what it covers). A window that keeps no object of an image that had some is
+    drawn again, at most ``tries`` times, then the image is left whole."""
+    img, masks, _, labels = sample
+    h, w = img.shape[:2]
+    for _ in range(tries):
+        s = rng.uniform(*scale)
+        ch, cw = max(1, round(h * s)), max(1, round(w * s))
+        y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        window = masks[:, y0 : y0 + ch, x0 : x0 + cw]
+        visible = window.reshape(len(window), -1).sum(1) >= min_area
+        if len(masks) and not visible.any():
+            continue
+        window = window[visible]
+        return img[y0 : y0 + ch, x0 : x0 + cw], window, masks_to_boxes(window), labels[visible]
+    return sample
+
+
+def color_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation, in a random order, each scaled by a factor drawn from
+    ``1 ± strength`` (photometric distortion: the same objects under other light and cameras)."""
+    x = img.astype(np.float32)
+    for op in rng.permutation(3):
+        f = rng.uniform(1 - strength, 1 + strength)
+        if op == 0:  # brightness
+            x = x * f
+        elif op == 1:  # contrast, around the image's mean grey
+            mean = float(x.mean())
+            x = (x - mean) * f + mean
+        else:  # saturation, around each pixel's grey
+            grey = (x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+            x = (x - grey) * f + grey
+        np.clip(x, 0, 255, out=x)
+    return x.round().astype(np.uint8)
+
+
 def jitter_boxes(boxes: np.ndarray, amount: float, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Loosen/shift boxes by up to ``amount`` of their size on each side (what a hasty box does)."""
     if amount <= 0 or len(boxes) == 0:
@@ -66,11 +105,14 @@ class MixedInstances(Dataset):
     """Items are keyed ``(dataset_index, item_index, sample_seed)``."""
 
     def __init__(self, datasets: Sequence[CocoInstances], flip: float = 0.5, copy_paste: float = 0.0,
-                 box_jitter: float = 0.0):
+                 box_jitter: float = 0.0, *, crop: float = 0.0, crop_scale: tuple[float, float] = (0.5, 1.0),
+                 color: float = 0.0):
         self.datasets = list(datasets)
         self.flip = flip
         self.copy_paste = copy_paste
         self.box_jitter = box_jitter
+        self.crop, self.crop_scale = crop, crop_scale
+        self.color = color
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets)
@@ -85,8 +127,12 @@ class MixedInstances(Dataset):
             other_index += other_index >= item_index
             o_img, o_masks, o_boxes, o_labels, _ = ds.load(other_index)
             img, masks, boxes, labels = copy_paste((img, masks, boxes, labels), (o_img, o_masks, o_boxes, o_labels), rng)
+        if self.crop and rng.random() < self.crop:
+            img, masks, boxes, labels = random_crop((img, masks, boxes, labels), self.crop_scale, rng)
         if rng.random() < self.flip:
             img, masks, boxes = hflip(img, masks, boxes)
+        if self.color:
+            img = color_jitter(img, self.color, rng)
         boxes = jitter_boxes(boxes, self.box_jitter, img.shape[0], img.shape[1], rng)
         return to_sample(img, masks, boxes, labels, image_id, ds.every_object)
 

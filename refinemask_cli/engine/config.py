@@ -87,6 +87,11 @@ class TrainConfig:
     max_size: int | None = None
     flip: float = 0.5
     copy_paste: float = 0.0  # probability of pasting another image's instances into a sample
+    # probability of training on a random window of a sample instead (sides crop_scale of the image's,
+    # shown at the full input size: objects zoomed in; cut objects keep their visible part)
+    crop: float = 0.0
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    color_jitter: float = 0.0  # brightness, contrast and saturation each scaled by 1 ± this (0: off)
     box_jitter: float = 0.1  # mask mode: relative jitter of the GT boxes used as RoIs
     # mask mode with [model] zoom_size > 0: objects per image refined in their own crops, and the
     # relative jitter of the crop margin
@@ -123,12 +128,22 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 1")
         if self.lr is not None and not self.lr > 0:
             errors.append("lr must be > 0")
-        if not all(0 < f < 1 for f in self.steps):
+        lists = {name: getattr(self, name) for name in ("steps", "min_sizes", "crop_scale")}
+        for name, value in lists.items():
+            if value is not None and not (isinstance(value, tuple) and all(_is_number(v) for v in value)):
+                errors.append(f"{name} is a list of numbers, got {value!r}")
+                lists[name] = None  # checked no further
+        if lists["steps"] is not None and not all(0 < f < 1 for f in self.steps):
             errors.append("steps are fractions of iters in (0, 1)")
-        for name in ("flip", "copy_paste"):
+        if lists["crop_scale"] is not None and not (
+                len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
+            errors.append("crop_scale is [smallest, largest] side of the window, 0 < smallest <= largest <= 1")
+        if not 0 <= self.color_jitter < 1:
+            errors.append("color_jitter must be in [0, 1)")
+        for name in ("flip", "copy_paste", "crop"):
             if not 0 <= getattr(self, name) <= 1:
                 errors.append(f"{name} is a probability in [0, 1]")
-        if self.min_sizes is not None and (not self.min_sizes or any(s < 32 for s in self.min_sizes)):
+        if lists["min_sizes"] is not None and (not self.min_sizes or any(s < 32 for s in self.min_sizes)):
             errors.append("min_sizes must be sizes >= 32")
         if self.max_size is not None and self.max_size < 32:
             errors.append("max_size must be >= 32")
@@ -149,18 +164,22 @@ class TrainConfig:
         d = dict(d)
         if "datasets" in d:
             try:
-                d["datasets"] = tuple(DatasetSpec(**{**ds, "exclude_held_back_of": _paths(ds.get("exclude_held_back_of", ()))})
+                d["datasets"] = tuple(DatasetSpec(**{**ds, "exclude_held_back_of": _as_tuple(ds.get("exclude_held_back_of", ()))})
                                       for ds in d["datasets"])
             except TypeError as e:
                 raise ValueError(f"bad [[datasets]] entry: {e}") from None
-        for key in ("steps", "min_sizes"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
+        for key in ("steps", "min_sizes", "crop_scale"):
+            if key in d:
+                d[key] = _as_tuple(d[key])
         return cls(**d)
 
 
-def _paths(value):
-    """A list of paths as a tuple; anything else as it came (the config check names it)."""
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_tuple(value):
+    """A list (of paths, sizes, fractions) as a tuple; anything else as it came (the config check names it)."""
     return tuple(value) if isinstance(value, list) else value
 
 

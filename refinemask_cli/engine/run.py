@@ -205,7 +205,8 @@ def run_training(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
         (out_dir / "metrics.jsonl").write_text("")
-    mixed = MixedInstances(datasets, cfg.flip, cfg.copy_paste, cfg.box_jitter if cfg.mode == "mask" else 0.0)
+    mixed = MixedInstances(datasets, cfg.flip, cfg.copy_paste, cfg.box_jitter if cfg.mode == "mask" else 0.0,
+                           crop=cfg.crop, crop_scale=cfg.crop_scale, color=cfg.color_jitter)
     sampler = StepBatchSampler([len(d) for d in datasets], [s.weight for s in cfg.datasets], cfg.batch_size,
                                cfg.seed, start, cfg.iters, dist_info.rank, dist_info.world_size)
     # a private generator: creating the loader's iterator must not draw from the global RNG, which
