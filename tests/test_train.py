@@ -229,6 +229,11 @@ def test_random_crop_zooms_in_on_a_window_and_keeps_what_is_visible_of_each_obje
     tiny = masks[1:]
     same = random_crop((img, tiny, boxes[1:], labels[1:]), (0.3, 0.3), np.random.default_rng(0), tries=2)
     assert same[0] is img and same[1] is tiny
+    # an image without objects (a negative sample) is cropped all the same
+    none = np.zeros((0, 60, 100), np.uint8)
+    e_img, e_masks, e_boxes, e_labels = random_crop((img, none, np.zeros((0, 4), np.float32), labels[:0]),
+                                                    (0.5, 0.5), np.random.default_rng(0))
+    assert e_img.shape[:2] == (30, 50) and e_masks.shape == (0, 30, 50) and e_boxes.shape == (0, 4) and not len(e_labels)
 
 
 def test_color_jitter_changes_light_and_colour_not_geometry():

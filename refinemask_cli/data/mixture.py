@@ -60,7 +60,7 @@ def random_crop(sample, scale: tuple[float, float], rng: np.random.Generator, mi
         ch, cw = max(1, round(h * s)), max(1, round(w * s))
         y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
         window = masks[:, y0 : y0 + ch, x0 : x0 + cw]
-        visible = window.reshape(len(window), -1).sum(1) >= min_area
+        visible = window.sum(axis=(1, 2)) >= min_area  # (n,) also for an image without objects
         if len(masks) and not visible.any():
             continue
         window = window[visible]
