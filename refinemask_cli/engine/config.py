@@ -128,14 +128,15 @@ class TrainConfig:
                 errors.append(f"{name} must be >= 1")
         if self.lr is not None and not self.lr > 0:
             errors.append("lr must be > 0")
-        lists = {name: getattr(self, name) for name in ("steps", "min_sizes", "crop_scale")}
-        for name, value in lists.items():
+        malformed = set()  # list settings that are not lists of numbers: checked no further
+        for name in ("steps", "min_sizes", "crop_scale"):
+            value = getattr(self, name)
             if value is not None and not (isinstance(value, tuple) and all(_is_number(v) for v in value)):
                 errors.append(f"{name} is a list of numbers, got {value!r}")
-                lists[name] = None  # checked no further
-        if lists["steps"] is not None and not all(0 < f < 1 for f in self.steps):
+                malformed.add(name)
+        if "steps" not in malformed and not all(0 < f < 1 for f in self.steps):
             errors.append("steps are fractions of iters in (0, 1)")
-        if lists["crop_scale"] is not None and not (
+        if "crop_scale" not in malformed and not (
                 len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
             errors.append("crop_scale is [smallest, largest] side of the window, 0 < smallest <= largest <= 1")
         if not 0 <= self.color_jitter < 1:
@@ -143,7 +144,8 @@ class TrainConfig:
         for name in ("flip", "copy_paste", "crop"):
             if not 0 <= getattr(self, name) <= 1:
                 errors.append(f"{name} is a probability in [0, 1]")
-        if lists["min_sizes"] is not None and (not self.min_sizes or any(s < 32 for s in self.min_sizes)):
+        if self.min_sizes is not None and "min_sizes" not in malformed and (
+                not self.min_sizes or any(s < 32 for s in self.min_sizes)):
             errors.append("min_sizes must be sizes >= 32")
         if self.max_size is not None and self.max_size < 32:
             errors.append("max_size must be >= 32")
