@@ -80,7 +80,9 @@ def parse_variant(text: str) -> dict:
     return out
 
 
-def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, precision: str) -> dict:
+def detect(model, gt: dict, images_dir: Path, variant: dict, device: str, precision: str) -> tuple[list[dict], float]:
+    """Every detection (score threshold 0) on the images of ``gt`` as COCO results with RLE masks,
+    and the seconds the model took."""
     if variant.get("config"):
         from refinemask_cli.model import build_model
 
@@ -104,6 +106,11 @@ def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, p
             results.append({"image_id": im["id"], "category_id": 1, "score": float(score),
                             "bbox": [x0, y0, x1 - x0, y1 - y0],
                             "segmentation": mask_utils.encode(np.asfortranarray(mask.full(h, w).astype(np.uint8)))})
+    return results, seconds
+
+
+def run_variant(model, gt: dict, images_dir: Path, variant: dict, device: str, precision: str) -> dict:
+    results, seconds = detect(model, gt, images_dir, variant, device, precision)
     scores = evaluate_detections(gt, results)
     curve = f1_by_threshold(gt, results)
     best = max(curve, key=lambda r: r["f1"])

@@ -90,3 +90,34 @@ def test_predict_defaults_from_the_f1_curve():
     assert predict_defaults([row(0.5, 0.3, 4)])[0]["predict_max_detections"] == 20  # at least 20
     assert predict_defaults([row(0.5, 0.0, 0)]) is None and predict_defaults([]) is None
 
+
+
+def _compare(*args):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_weights.py"), *map(str, args)],
+                          check=False, capture_output=True, text=True, timeout=600)
+
+
+def test_compare_weights_names_a_bad_weights_file_in_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    r = _compare("refine", tmp_path / "missing.pt", bad)
+    assert r.returncode == 1 and "missing.pt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _compare("predict", default_weights_path("predict"), bad)
+    assert r.returncode == 1 and "bad.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compare_weights_finds_no_difference_between_a_file_and_itself():
+    shared_path("data", "coco-mval-dev", "coarse", "boxes.json")
+    shared_path("data", "coco-extra", "instances.json")
+    refine, predict = default_weights_path(), default_weights_path("predict")
+    if not (refine.is_file() and predict.is_file()):
+        pytest.skip("no weights shipped")
+    r = _compare("refine", refine, refine, "--device", "cpu", "--sets", "coco-mval-dev", "--limit", "2",
+                 "--resamples", "20")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if "coco-mval-dev" in line]
+    assert [row.split()[1] for row in rows] == ["boxes", "poly8", "boxes"]  # boxes, poly8, boxes +15%
+    assert all(row.count("(+0.0000; higher in 0/20, 90% +0.0000..+0.0000)") == 2 for row in rows)
+    r = _compare("predict", predict, predict, "--device", "cpu", "--limit", "2", "--resamples", "10")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mask AP   " in r.stdout and r.stdout.count("higher in 0/10") == 2

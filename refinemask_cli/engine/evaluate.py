@@ -310,18 +310,19 @@ def as_one_class(gt: dict, results: list[dict]) -> tuple[dict, list[dict]]:
     return gt, [{**r, "category_id": 1} for r in results]
 
 
-def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = False) -> dict:
+def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = False,
+                        kinds: tuple[str, ...] = ("segm", "boundary", "bbox")) -> dict:
     """``segm_AP``, ``boundary_AP`` and ``bbox_AP`` (each with AP50/AP75) of a results list against
-    a dataset (``class_agnostic``: every category counted as one)."""
+    a dataset (``class_agnostic``: every category counted as one; ``kinds``: which of the three)."""
     if class_agnostic:
         gt, results = as_one_class(gt, results)
     images = {im["id"]: im for im in gt["images"]}
-    results = _as_rle(results, images, polygons_only=True)
+    # copies: loadRes writes id, area and bbox into the records it is given, the caller's included
+    results = [dict(r) for r in _as_rle(results, images, polygons_only=True)]
     gt_coco = _quiet_coco({**gt, "annotations": _as_rle(gt["annotations"], images)})
     out = {}
     if not results:
-        return {**{f"{name}_{k}": 0.0 for name in ("segm", "boundary", "bbox") for k in ("AP", "AP50", "AP75")},
-                "detections": 0}
+        return {**{f"{name}_{k}": 0.0 for name in kinds for k in ("AP", "AP50", "AP75")}, "detections": 0}
     # each result's own box, else its mask's extent (taken before loadRes, which edits the records)
     boxes = [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"],
               "bbox": list(r["bbox"]) if len(r.get("bbox") or ()) == 4
@@ -329,8 +330,10 @@ def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = Fa
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt_coco.loadRes(results)
         box_dt = gt_coco.loadRes(boxes)
-        for name, ev in (("segm", COCOeval(gt_coco, dt, "segm")), ("boundary", BoundaryCOCOeval(gt_coco, dt)),
-                         ("bbox", COCOeval(gt_coco, box_dt, "bbox"))):
+        evals = {"segm": lambda: COCOeval(gt_coco, dt, "segm"), "boundary": lambda: BoundaryCOCOeval(gt_coco, dt),
+                 "bbox": lambda: COCOeval(gt_coco, box_dt, "bbox")}
+        for name in kinds:
+            ev = evals[name]()
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
