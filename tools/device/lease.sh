@@ -30,8 +30,9 @@
 #
 # RUNS: space-separated NAME:RECIPE[:KEY=VALUE[,KEY=VALUE]] (the same in calls 1 and train), each run
 # starting from INIT. Defaults: the stage-6 recipe from the shipped file with and without the partly
-# labelled coco-mval-dev, at a quarter of its rate (the next step of tools/device/README.md: stage 8,
-# the same at the full rate, overfitted). DEVICE=cpu with small
+# labelled coco-mval-dev, at a quarter of its rate (stage 9 ran E so, beside predict_aug.toml: both
+# lost, as stage 8's full rate did; tools/device/README.md says what the next lease runs instead: the
+# refine lease, which sets INIT and RUNS, or new images for predict). DEVICE=cpu with small
 # DEADLINE/PROBE_ITERS tries the whole sequence on this machine (the test suite is skipped then unless
 # TESTS=1).
 set -u
@@ -135,8 +136,8 @@ case "${1:-}" in
     for spec in $RUNS; do tail -n 1 "$OUT/probe_${spec%%:*}.log"; done
     if [ "$BENCH" = 1 ]; then  # the speed benchmarks, after the tests and probes so nothing shares the machine
       timeout "${BENCH_S:-150}" python3 benchmarks/bench_refine.py --device "$DEVICE" --precision fp32 \
-        --images "${BENCH_IMAGES:-16}" --coco128 "$DATA/coco128" > "$OUT/bench_refine.log" 2>&1
-      echo "bench_refine rc $?"; tail -n 12 "$OUT/bench_refine.log"
+        --images "${BENCH_IMAGES:-16}" --coco128 "$DATA/coco128" --profile > "$OUT/bench_refine.log" 2>&1
+      echo "bench_refine rc $?"; tail -n 30 "$OUT/bench_refine.log"
       timeout 90 python3 benchmarks/bench_predictor.py --device "$DEVICE" --weights weights/refinemask_mnv2_predict.pt \
         > "$OUT/bench_predictor.log" 2>&1
       echo "bench_predictor rc $?"; tail -n 6 "$OUT/bench_predictor.log"
