@@ -7,7 +7,8 @@ architecture and test-time settings and a meta that names what was averaged.
 
 The refine default's RPN and box head are never trained (mask-branch runs only), so the file says
 ``detector = untrained`` and `predict` keeps warning when pointed at it. Measure the result with
-`benchmarks/bench_refine_quality.py` before it replaces the shipped file (weights/README.md).
+`benchmarks/bench_refine_quality.py`, and against the shipped file with `benchmarks/compare_weights.py
+refine`, before it replaces the shipped file (weights/README.md).
 """
 from __future__ import annotations
 
