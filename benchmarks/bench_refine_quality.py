@@ -96,6 +96,15 @@ def loosen(doc: dict, frac: float) -> dict:
     return {**doc, "annotations": anns}
 
 
+def prompts(boxes: dict, poly8: dict, loose: float = 0.0, poly: bool = True) -> list[tuple[str, dict, str]]:
+    """The coarse inputs refined from, as (name, document, refine prompt): the exact boxes, poly8
+    (unless not ``poly``) and, with ``loose``, the boxes grown by that fraction per side."""
+    out = [("boxes", boxes, "box")] + ([("poly8", poly8, "auto")] if poly else [])
+    if loose:
+        out.append((f"boxes +{loose:.0%}", loosen(boxes, loose), "box"))
+    return out
+
+
 def parse_variant(text: str) -> dict:
     out: dict = {}
     for part in filter(None, text.split(",")):
@@ -168,10 +177,7 @@ def main() -> None:
         for v in variants:
             fields = parse_variant(v)
             label = v or "defaults"
-            prompts = [("boxes", boxes, "box")] + ([] if args.no_poly else [("poly8", poly8, "auto")])
-            if args.loose:
-                prompts.append((f"boxes +{args.loose:.0%}", loosen(boxes, args.loose), "box"))
-            for pname, doc, prompt in prompts:
+            for pname, doc, prompt in prompts(boxes, poly8, args.loose, poly=not args.no_poly):
                 opts = job.RefineOptions(prompt=prompt, **fields)
                 t = time.perf_counter()
                 out, report, _ = job.refine_dataset(doc, images, predictor, opts)

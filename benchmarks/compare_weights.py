@@ -38,10 +38,7 @@ def refine_scores(model, sets: list[str], loose: float, device: str, limit: int)
         data, gt = brq.load_set(name, limit)
         boxes, poly8 = brq.coarse_docs(data, gt)
         image_of = {a["id"]: a["image_id"] for a in gt["annotations"]}
-        prompts = [("boxes", boxes, "box"), ("poly8", poly8, "auto")]
-        if loose:
-            prompts.append((f"boxes +{loose:.0%}", brq.loosen(boxes, loose), "box"))
-        for pname, doc, prompt in prompts:
+        for pname, doc, prompt in brq.prompts(boxes, poly8, loose):
             refined, _, _ = job.refine_dataset(doc, data / "images", predictor, job.RefineOptions(prompt=prompt))
             per = evaluate_by_id(gt, refined)["per_annotation"]
             out[(name, pname)] = ([image_of[s["annotation_id"]] for s in per],

@@ -72,7 +72,7 @@ def _gt_and_results():
 
 def test_resampled_repeats_images_as_new_ones():
     gt, good, _ = _gt_and_results()
-    g, r = resampled(gt, good, [20, 20, 10])
+    g, r = resampled(gt, [20, 20, 10], good)
     assert [im["id"] for im in g["images"]] == [1, 2, 3]
     assert [a["image_id"] for a in g["annotations"]] == [1, 1, 2, 2, 3]
     assert len({a["id"] for a in g["annotations"]}) == 5

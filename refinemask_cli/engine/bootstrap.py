@@ -58,7 +58,8 @@ def mean_differences(image_of: Sequence, base: np.ndarray, new: np.ndarray, resa
     """Per-object scores ``base`` and ``new`` (rows: the same objects in the same order; columns:
     statistics, e.g. IoU and Boundary IoU), ``image_of`` each object's image id: one Difference per
     column, of the column's mean, resampling images."""
-    base, new = np.atleast_2d(np.asarray(base, float).T).T, np.atleast_2d(np.asarray(new, float).T).T
+    base, new = np.asarray(base, float), np.asarray(new, float)
+    base, new = base.reshape(len(base), -1), new.reshape(len(new), -1)  # one column per statistic
     image_of = np.asarray(list(image_of))
     if base.shape != new.shape or len(image_of) != len(base):
         raise ValueError(f"scores of different objects: base {base.shape}, new {new.shape}, {len(image_of)} image ids")
@@ -72,22 +73,28 @@ def mean_differences(image_of: Sequence, base: np.ndarray, new: np.ndarray, resa
     return [_difference(base[:, k].mean(), new[:, k].mean(), drawn[:, k]) for k in range(d.shape[1])]
 
 
-def resampled(gt: dict, results: list[dict], draw: Sequence) -> tuple[dict, list[dict]]:
-    """GT and results restricted to the images of ``draw`` (image ids, repeats allowed): the k-th
-    image of the draw becomes image id k + 1, its annotations and results copied with new ids."""
+def _by_image(records: list[dict]) -> dict:
+    out: dict = {}
+    for r in records:
+        out.setdefault(r["image_id"], []).append(r)
+    return out
+
+
+def resampled(gt: dict, draw: Sequence, *results: list[dict]) -> tuple:
+    """GT and each results list restricted to the images of ``draw`` (image ids, repeats allowed):
+    the k-th image of the draw becomes image id k + 1, its annotations and results copied with new
+    ids. Returns ``(gt, results_1, results_2, ...)``."""
     images = {im["id"]: im for im in gt["images"]}
-    anns, res = {}, {}
-    for a in gt["annotations"]:
-        anns.setdefault(a["image_id"], []).append(a)
-    for r in results:
-        res.setdefault(r["image_id"], []).append(r)
-    out_images, out_anns, out_res = [], [], []
+    anns = _by_image(gt["annotations"])
+    out_images, out_anns = [], []
     for k, old in enumerate(draw, 1):
         out_images.append({**images[old], "id": k})
         for a in anns.get(old, []):
             out_anns.append({**a, "image_id": k, "id": len(out_anns) + 1})
-        out_res += [{**r, "image_id": k} for r in res.get(old, [])]
-    return {**gt, "images": out_images, "annotations": out_anns}, out_res
+    out_res = []
+    for res in map(_by_image, results):
+        out_res.append([{**r, "image_id": k} for k, old in enumerate(draw, 1) for r in res.get(old, [])])
+    return ({**gt, "images": out_images, "annotations": out_anns}, *out_res)
 
 
 def statistic_differences(gt: dict, base: list[dict], new: list[dict], statistic: Callable[[dict, list[dict]], Sequence[float]],
@@ -97,8 +104,7 @@ def statistic_differences(gt: dict, base: list[dict], new: list[dict], statistic
     full_b, full_n = statistic(gt, base), statistic(gt, new)
     drawn = []
     for draw in draws([im["id"] for im in gt["images"]], resamples, seed):
-        g, b = resampled(gt, base, draw)
-        _, n = resampled(gt, new, draw)
+        g, b, n = resampled(gt, draw, base, new)
         drawn.append(np.asarray(statistic(g, n), float) - np.asarray(statistic(g, b), float))
     drawn = np.asarray(drawn).reshape(resamples, len(full_b))
     return [_difference(full_b[k], full_n[k], drawn[:, k]) for k in range(len(full_b))]

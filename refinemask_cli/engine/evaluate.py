@@ -323,15 +323,15 @@ def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = Fa
     out = {}
     if not results:
         return {**{f"{name}_{k}": 0.0 for name in kinds for k in ("AP", "AP50", "AP75")}, "detections": 0}
-    # each result's own box, else its mask's extent (taken before loadRes, which edits the records)
-    boxes = [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"],
-              "bbox": list(r["bbox"]) if len(r.get("bbox") or ()) == 4
-              else [float(v) for v in mask_utils.toBbox(r["segmentation"])]} for r in results]
+    boxes = []  # box AP: each result's own box, else its mask's extent (taken before loadRes edits the records)
+    if "bbox" in kinds:
+        boxes = [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"],
+                  "bbox": list(r["bbox"]) if len(r.get("bbox") or ()) == 4
+                  else [float(v) for v in mask_utils.toBbox(r["segmentation"])]} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt_coco.loadRes(results)
-        box_dt = gt_coco.loadRes(boxes)
         evals = {"segm": lambda: COCOeval(gt_coco, dt, "segm"), "boundary": lambda: BoundaryCOCOeval(gt_coco, dt),
-                 "bbox": lambda: COCOeval(gt_coco, box_dt, "bbox")}
+                 "bbox": lambda: COCOeval(gt_coco, gt_coco.loadRes(boxes), "bbox")}
         for name in kinds:
             ev = evals[name]()
             ev.evaluate()
