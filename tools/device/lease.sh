@@ -29,7 +29,9 @@
 # (a recipe without coco-mval-dev needs no calls 4 and 5: sets it does not name are not read)
 #
 # RUNS: space-separated NAME:RECIPE[:KEY=VALUE[,KEY=VALUE]] (the same in calls 1 and train), each run
-# starting from INIT. Defaults: the stage-6 recipe from the shipped file with and without the partly
+# starting from INIT unless it names its own init: call 1 keeps both shipped weight files in
+# $WORK/init, so a later call that carries only one of them can still start a run from the other
+# (init='/root/lease/init/refinemask_mnv2_predict.pt'). Defaults: the stage-6 recipe from the shipped file with and without the partly
 # labelled coco-mval-dev, at a quarter of its rate (stage 9 ran E so, beside predict_aug.toml: both
 # lost, as stage 8's full rate did; tools/device/README.md says what the next lease runs instead: the
 # refine lease, which sets INIT and RUNS, or new images for predict). DEVICE=cpu with small
@@ -125,6 +127,7 @@ case "${1:-}" in
   1)
     setup_python
     stage "${2:-1}"
+    mkdir -p "$WORK/init" && cp weights/*.pt "$WORK/init/"   # for runs whose file a later call leaves behind
     [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import torch, torchvision, pycocotools; print('torch', torch.__version__, torchvision.__version__, torch.cuda.is_available())"
     each_run probe & probes=$!
