@@ -49,7 +49,7 @@ def grabcut_doc(doc: dict, images_dir: Path, iters: int = 5) -> dict:
             cache.clear()
             cache[im["id"]] = read_image(images_dir / im["file_name"])[:, :, ::-1].copy()
         img = cache[im["id"]]
-        x, y, w, h = (int(round(v)) for v in ann["bbox"])
+        x, y, w, h = (round(v) for v in ann["bbox"])
         w, h = max(w, 2), max(h, 2)
         mask = np.zeros(img.shape[:2], np.uint8)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
@@ -99,10 +99,13 @@ def loosen(doc: dict, frac: float) -> dict:
 def prompts(boxes: dict, poly8: dict, loose: float = 0.0, poly: bool = True) -> list[tuple[str, dict, str]]:
     """The coarse inputs refined from, as (name, document, refine prompt): the exact boxes, poly8
     (unless not ``poly``) and, with ``loose``, the boxes grown by that fraction per side."""
-    out = [("boxes", boxes, "box")] + ([("poly8", poly8, "auto")] if poly else [])
-    if loose:
-        out.append((f"boxes +{loose:.0%}", loosen(boxes, loose), "box"))
-    return out
+    docs = [(boxes, "box")] + ([(poly8, "auto")] if poly else []) + ([(loosen(boxes, loose), "box")] if loose else [])
+    return [(name, doc, prompt) for name, (doc, prompt) in zip(prompt_names(loose, poly), docs)]
+
+
+def prompt_names(loose: float = 0.0, poly: bool = True) -> list[str]:
+    """The names of ``prompts``' coarse inputs, in its order."""
+    return ["boxes"] + (["poly8"] if poly else []) + ([f"boxes +{loose:.0%}"] if loose else [])
 
 
 def parse_variant(text: str) -> dict:
@@ -120,6 +123,19 @@ def parse_variant(text: str) -> dict:
         else:
             raise SystemExit(f"unknown variant key {key!r} in {text!r}")
     return out
+
+
+def score_row(name: str, gt: dict, label: str, doc: dict, seconds: float | None = None,
+              report: list[dict] | None = None, weights: str = "") -> dict:
+    """One row of the table and the JSON: ``doc`` scored against ``gt`` by annotation id, with every
+    object's score ([image id, annotation id, IoU, Boundary IoU]: what compare_weights.py reads)."""
+    r = evaluate_by_id(gt, doc)
+    n = r["count"]
+    image_of = {a["id"]: a["image_id"] for a in gt["annotations"]}
+    return {"set": name, "method": label, "mIoU": r["mIoU"], "mBIoU": r["mBIoU"], "per_size": r["per_size"],
+            "count": n, "rle_fallbacks": sum("holes->rle" in row["flags"] for row in report) if report is not None else None,
+            "objects_per_s": (n / seconds) if seconds else None, "weights": weights,
+            "objects": [[image_of[o["annotation_id"]], o["annotation_id"], o["iou"], o["biou"]] for o in r["per_annotation"]]}
 
 
 def load_set(name: str, limit: int) -> tuple[Path, dict]:
@@ -147,7 +163,8 @@ def main() -> None:
     ap.add_argument("--no-grabcut", action="store_true")
     ap.add_argument("--no-poly", action="store_true", help="refine from boxes only")
     ap.add_argument("--loose", type=float, default=0.0, help="also refine from boxes grown by this fraction per side")
-    ap.add_argument("--json", default=None, help="also write every score as JSON here")
+    ap.add_argument("--json", default=None,
+                    help="also write every score as JSON here (with each object's, which compare_weights.py reads)")
     args = ap.parse_args()
     model, ckpt = load_model(args.weights)
     predictor = Predictor(model, device=args.device, precision=args.precision)
@@ -160,20 +177,13 @@ def main() -> None:
         images = data / "images"
         boxes, poly8 = coarse_docs(data, gt)
         rows = []
-
-        def score(label, doc, seconds=None, report=None):
-            r = evaluate_by_id(gt, doc)
-            n = r["count"]
-            rle = sum("holes->rle" in row["flags"] for row in report) if report is not None else None
-            rows.append({"set": name, "method": label, "mIoU": r["mIoU"], "mBIoU": r["mBIoU"],
-                         "per_size": r["per_size"], "count": n, "rle_fallbacks": rle,
-                         "objects_per_s": (n / seconds) if seconds else None})
-
+        sha = ckpt["sha256"][:12]
         if not args.no_poly:
-            score("coarse input: poly8", poly8)
+            rows.append(score_row(name, gt, "coarse input: poly8", poly8))
         if not args.no_grabcut:
             t = time.perf_counter()
-            score("OpenCV GrabCut from the box", grabcut_doc(boxes, images), time.perf_counter() - t)
+            grabcut = grabcut_doc(boxes, images)
+            rows.append(score_row(name, gt, "OpenCV GrabCut from the box", grabcut, time.perf_counter() - t))
         for v in variants:
             fields = parse_variant(v)
             label = v or "defaults"
@@ -181,7 +191,7 @@ def main() -> None:
                 opts = job.RefineOptions(prompt=prompt, **fields)
                 t = time.perf_counter()
                 out, report, _ = job.refine_dataset(doc, images, predictor, opts)
-                score(f"refine from {pname} [{label}]", out, time.perf_counter() - t, report)
+                rows.append(score_row(name, gt, f"refine from {pname} [{label}]", out, time.perf_counter() - t, report, sha))
         counts = {s: gt_n["count"] for s, gt_n in rows[0]["per_size"].items()} if rows else {}
         print(f"\n{name} held-back fifth: {len(gt['images'])} images, {len(gt['annotations'])} objects "
               f"({', '.join(f'{s} {counts.get(s, 0)}' for s in SIZES)})")

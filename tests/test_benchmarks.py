@@ -33,6 +33,9 @@ def test_bench_refine_quality_small(tmp_path):
     scores = json.loads(out.read_text())
     assert {s["set"] for s in scores} == {"coco-mval-dev", "coco-extra"}
     assert all(0.0 <= s["mIoU"] <= 1.0 and s["count"] > 0 for s in scores)
+    for s in scores:  # every object's score, which compare_weights.py reads: their mean is the row's
+        assert len(s["objects"]) == s["count"]
+        assert s["mIoU"] == pytest.approx(sum(o[2] for o in s["objects"]) / s["count"])
 
 
 def test_bench_predict_quality_small(tmp_path):
@@ -121,6 +124,50 @@ def test_compare_weights_finds_no_difference_between_a_file_and_itself():
     r = _compare("predict", predict, predict, "--device", "cpu", "--limit", "2", "--resamples", "10")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mask AP   " in r.stdout and r.stdout.count("higher in 0/10") == 2
+
+
+def _scores_json(path, iou_of, methods=("boxes", "poly8", "boxes +15%"), sets=("coco-mval-dev",)):
+    """A bench_refine_quality.py --json file: two objects on each of three images per set."""
+    rows = [{"set": name, "method": f"refine from {m} [defaults]", "mIoU": 0.0, "mBIoU": 0.0,
+             "objects": [[image, 10 * image + k, iou_of(image, k), 0.5] for image in (1, 2, 3) for k in (0, 1)]}
+            for name in sets for m in methods]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_compare_weights_reads_saved_refine_scores(tmp_path):
+    """Saved per-object scores stand in for the weights (no ../shared, no refining): a new file better
+    on every object is higher in every draw; one better on a single image only in the draws with it."""
+    base = _scores_json(tmp_path / "base.json", lambda image, k: 0.5)
+    better = _scores_json(tmp_path / "better.json", lambda image, k: 0.6)
+    one = _scores_json(tmp_path / "one.json", lambda image, k: 0.8 if image == 2 else 0.5)
+    r = _compare("refine", base, better, one, "--sets", "coco-mval-dev", "--resamples", "50")
+    assert r.returncode == 0, r.stderr[-2000:]
+    better_rows, one_rows = (part.splitlines() for part in r.stdout.split("one.json against")[:2])
+    better_rows = [line for line in better_rows if "coco-mval-dev" in line]
+    assert len(better_rows) == 3 and all("mIoU 0.500 -> 0.600 (+0.1000; higher in 50/50" in line for line in better_rows)
+    assert all("mBIoU 0.500 -> 0.500 (+0.0000; higher in 0/50" in line for line in better_rows)
+    one_rows = [line for line in one_rows if "coco-mval-dev" in line]
+    assert all("mIoU 0.500 -> 0.600 (+0.1000; higher in " in line and "higher in 50/50" not in line for line in one_rows)
+
+
+def test_compare_weights_refuses_saved_scores_that_do_not_fit(tmp_path):
+    base = _scores_json(tmp_path / "base.json", lambda image, k: 0.5)
+    no_loose = _scores_json(tmp_path / "no_loose.json", lambda image, k: 0.5, methods=("boxes", "poly8"))
+    r = _compare("refine", base, no_loose, "--sets", "coco-mval-dev")
+    assert r.returncode == 1 and "no_loose.json" in r.stderr and "boxes +15%" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert _compare("refine", base, no_loose, "--sets", "coco-mval-dev", "--loose", "0").returncode == 0
+    other = tmp_path / "other.json"
+    rows = json.loads(base.read_text())
+    for row in rows:
+        row["objects"] = row["objects"][:-1]  # one object fewer: another --limit
+    other.write_text(json.dumps(rows))
+    r = _compare("refine", base, other, "--sets", "coco-mval-dev")
+    assert r.returncode == 1 and "other objects" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    r = _compare("refine", base, tmp_path / "bad.json", "--sets", "coco-mval-dev")
+    assert r.returncode == 1 and "bad.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_bench_refine_times_the_default_and_the_one_pass_path(tmp_path):
