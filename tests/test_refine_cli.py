@@ -397,3 +397,26 @@ def test_pycocotools_tolerated_fields_are_read_and_written_fixed(weights, data):
     (root / "bad.json").write_text(json.dumps(doc))
     r = run("validate", root / "bad.json")
     assert r.exit_code == 1 and "image 10" in r.output and "positive integers" in r.output
+
+
+def test_second_zoom_size_through_the_cli(weights, data):
+    """--second-zoom-size refines each object again in crops of another side and averages the two:
+    the same annotations back, a different computation; refused where it cannot apply."""
+    src, root = data
+    outs = {}
+    for name, extra in (("once", []), ("twice", ["--second-zoom-size", "96"])):
+        out = root / f"{name}.json"
+        r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--device", "cpu",
+                "--mode", "zoom", "--zoom-size", "64", "--no-flip", *extra)
+        assert r.exit_code == 0, r.output
+        outs[name] = json.loads(out.read_text())
+    assert [a["id"] for a in outs["twice"]["annotations"]] == [a["id"] for a in outs["once"]["annotations"]]
+    assert any(a.get("segmentation") != b.get("segmentation")
+               for a, b in zip(outs["once"]["annotations"], outs["twice"]["annotations"]) if not a["iscrowd"])
+    r = run("refine", src, "--images", root, "-o", root / "bad.json", "--weights", weights, "--second-zoom-size", "16")
+    assert r.exit_code == 2 and not (root / "bad.json").exists()
+    for extra in (["--mode", "whole"], ["--regress-boxes"]):
+        r = run("refine", src, "--images", root, "-o", root / "bad.json", "--weights", weights, "--device", "cpu",
+                "--second-zoom-size", "96", *extra)
+        assert r.exit_code == 1 and "second" in r.output.lower(), r.output
+        assert len(r.output.strip().splitlines()) == 1 and not (root / "bad.json").exists()

@@ -126,6 +126,46 @@ def test_flip_average_is_mirror_symmetric(model):
         assert not torch.allclose(a, plain, atol=1e-4)
 
 
+def test_second_zoom_size_averages_two_crop_geometries(model):
+    img, _, _ = ellipse_scene(64, 80, seed=7)
+    x = image_tensor(img)
+    box = torch.tensor([[10.0, 8.0, 50.0, 60.0]])
+    with torch.no_grad():
+        a = model.refine([x], [box], [torch.zeros(1)], zoom=ZoomSpec(64))[0]["mask_logits"]
+        b = model.refine([x], [box], [torch.zeros(1)], zoom=ZoomSpec(96))[0]["mask_logits"]
+        both = model.refine([x], [box], [torch.zeros(1)], zoom=ZoomSpec(64), second_zoom=ZoomSpec(96))[0]
+        same = model.refine([x], [box], [torch.zeros(1)], zoom=ZoomSpec(64), second_zoom=ZoomSpec(64))[0]
+    assert not torch.allclose(a, b, atol=1e-4)  # the two crops differ...
+    assert torch.allclose(both["mask_logits"], (a + b) / 2, atol=1e-5)  # ...and are averaged per box
+    assert torch.allclose(same["mask_logits"], a, atol=1e-5) and torch.allclose(both["boxes"], box, atol=1e-4)
+    for kwargs in ({"zoom": None}, {"zoom": ZoomSpec(64), "regress_boxes": True}):
+        with pytest.raises(ValueError, match="second zoom"):
+            model.refine([x], [box], [torch.zeros(1)], second_zoom=ZoomSpec(96), **kwargs)
+
+def test_predictor_passes_the_second_zoom_size_to_the_model(model, monkeypatch):
+    img, _, _ = ellipse_scene(64, 80, seed=7)
+    box = np.array([[10.0, 8.0, 50.0, 60.0]], np.float32)
+    seen = []
+    real = model.refine
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["zoom"], kwargs["second_zoom"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "refine", spy)
+    predictor = Predictor(model, device="cpu")
+    out = predictor.refine_many([(img, box, None, None)], settings=RefineSettings(
+        mode="zoom", zoom_size=64, second_zoom_size=96, zoom_max_size=128, flip=False))
+    predictor.refine_many([(img, box, None, None)], settings=RefineSettings(mode="zoom", zoom_size=64))
+    margin = model.cfg.zoom_margin
+    assert seen == [(ZoomSpec(64, margin, max_size=128), ZoomSpec(96, margin, max_size=128)),
+                    (ZoomSpec(64, margin), None)]
+    assert len(out[0]) == 1
+    for bad in ({"second_zoom_size": 16}, {"mode": "whole", "second_zoom_size": 96}):
+        with pytest.raises(ValueError, match="second zoom size"):
+            RefineSettings(**bad)
+
+
 def test_second_pass_feeds_the_first_mask_back(model):
     img, _, _ = ellipse_scene(64, 80, seed=6)
     x = image_tensor(img)

@@ -52,16 +52,20 @@ class RefineOptions:
     min_area: float = 64.0
     zoom_max_size: int = RefineSettings.zoom_max_size
     snap_edges: bool = RefineSettings.snap_edges
+    second_zoom_size: int = RefineSettings.second_zoom_size
     # crowd annotations: "keep" passes them through; "refine" refines their masks like any other
     # and writes them as single objects (iscrowd 0): CVAT exports brush masks as crowd RLE
     crowd: str = "keep"
 
     @property
     def settings(self) -> RefineSettings:
-        return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes, self.zoom_max_size, self.snap_edges)
+        return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes, self.zoom_max_size, self.snap_edges,
+                              self.second_zoom_size)
 
     def __post_init__(self) -> None:
         self.settings  # validates mode, zoom size and passes
+        if self.second_zoom_size and self.regress_boxes:
+            raise ValueError("--second-zoom-size refines the boxes as given: not with --regress-boxes")
         if self.min_area < 0:
             raise ValueError("--min-area must be >= 0 pixels")
         if self.crowd not in CROWD:

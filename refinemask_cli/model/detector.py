@@ -512,6 +512,7 @@ class RefineMaskRCNN(nn.Module):
         flip: bool = False,
         passes: int = 1,
         crop_batch: int = 8,
+        second_zoom: ZoomSpec | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Masks for given boxes (image coordinates): per image ``boxes`` (maybe tightened), ``mask_logits``.
 
@@ -519,8 +520,12 @@ class RefineMaskRCNN(nn.Module):
         ``zoom``: each box refined in its own crop (``crop_batch`` crops per forward pass); else the
         whole image at the transform's size. ``flip``: logits averaged with those of the mirrored
         input. ``passes`` > 1: the previous pass's mask is fed back as the coarse prior (features reused).
+        ``second_zoom`` (with ``zoom``): the same boxes refined again in crops of that geometry, logits
+        averaged in box coordinates (the boxes must stay as given: not with ``regress_boxes``).
         """
         self._check_images(images)
+        if second_zoom is not None and (zoom is None or regress_boxes):
+            raise ValueError("a second zoom size needs zoom mode and boxes kept as given (no box regression)")
         if passes < 1:
             raise ValueError(f"passes must be >= 1, got {passes}")
         if passes > 1 and not self.roi_heads.mask_head.use_prior:
@@ -540,6 +545,10 @@ class RefineMaskRCNN(nn.Module):
         else:
             out_boxes, logits = self._refine_zoom(list(images), boxes, labels, priors, regress_boxes, flip, passes,
                                                   zoom, crop_batch)
+            if second_zoom is not None:
+                _, more = self._refine_zoom(list(images), boxes, labels, priors, False, flip, passes, second_zoom,
+                                            crop_batch)
+                logits = [(a + b) / 2 for a, b in zip(logits, more)]
         return [{"boxes": b, "labels": lbl, "mask_logits": m} for b, lbl, m in zip(out_boxes, labels, logits)]
 
     def _refine_zoom(self, images, boxes, labels, priors, regress_boxes, flip, passes, zoom: ZoomSpec, crop_batch: int):
