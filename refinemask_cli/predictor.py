@@ -99,8 +99,8 @@ class RefineSettings:
     zoom_max_size: int = 0  # > zoom size: large objects' crops grow up to this side (0: never)
     # guided filter on each pasted probability map, the image as guide (measured: README "Measured")
     snap_edges: bool = True
-    # measured with the 320-px default at 384: +0.001 to +0.007 mIoU on 8 of 9 held-back rows, a third
-    # of the speed (README "Measured"): an option, not the default
+    # measured with the 320-px default at 384: higher on 10 of 12 held-back rows (up to +0.007 mIoU),
+    # poly8 a little lower on two sets, a third to a half of the speed (README "Measured"): an option
     second_zoom_size: int = 0
 
     def __post_init__(self) -> None:
