@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -381,12 +381,13 @@ class Predictor:
         """Masks for the ``boxes`` (xyxy pixels) of one image; see ``refine_many``."""
         return self.refine_many([(image, boxes, labels, coarse_masks)], regress_boxes, settings)[0]
 
-    def zoom_spec(self, settings: RefineSettings) -> ZoomSpec | None:
-        """The crop geometry ``settings`` ask for with these weights, or None for whole images."""
+    def zoom_spec(self, settings: RefineSettings, size: int | None = None) -> ZoomSpec | None:
+        """The crop geometry ``settings`` ask for with these weights, or None for whole images;
+        ``size``: that geometry at another crop side (the second zoom size)."""
         cfg = self.model.cfg
         if settings.mode == "whole" or (settings.mode == "auto" and not cfg.zoom_size):
             return None
-        size = settings.zoom_size or cfg.zoom_size or cfg.min_size
+        size = size or settings.zoom_size or cfg.zoom_size or cfg.min_size
         return ZoomSpec(size, cfg.zoom_margin, max_size=max(settings.zoom_max_size, size) if settings.zoom_max_size else 0)
 
     @torch.inference_mode()
@@ -400,10 +401,7 @@ class Predictor:
         """
         settings = settings or RefineSettings()
         zoom = self.zoom_spec(settings)
-        second = None
-        if zoom is not None and settings.second_zoom_size:
-            second = replace(zoom, size=settings.second_zoom_size,
-                             max_size=max(zoom.max_size, settings.second_zoom_size) if zoom.max_size else 0)
+        second = self.zoom_spec(settings, settings.second_zoom_size) if settings.second_zoom_size else None
         checked = [self._refine_inputs(*item, index=i) for i, item in enumerate(items)]
         if not checked:
             return []
