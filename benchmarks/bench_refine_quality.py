@@ -32,7 +32,7 @@ from refinemask_cli.geometry import encode_rle, segmentation_to_mask
 from refinemask_cli.io.images import read_image
 from refinemask_cli.jobs import refine as job
 from refinemask_cli.jobs.demo import hasty_polygon
-from refinemask_cli.predictor import Predictor
+from refinemask_cli.predictor import PRECISIONS, Predictor
 from refinemask_cli.weights import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data"
@@ -155,7 +155,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--sets", nargs="+", default=["coco-mval-dev", "coco-extra", "davis345", "duts-tr-2k"])
     ap.add_argument("--limit", type=int, default=0, help="first N held-back images of each set (0 = all)")
     ap.add_argument("--variant", action="append", default=None,

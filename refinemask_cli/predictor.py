@@ -76,7 +76,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "bf16-masks")
 MODES = ("auto", "whole", "zoom")
 
 
@@ -146,16 +146,21 @@ class PredictSettings:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp32 everywhere. Measured on an H100 (2026-11-25, coco128 boxes): fp16 autocast pays
-    3–8 s of kernel selection for every new padded image shape, so `refine` ran 23 images/s in fp16
-    against 32 in fp32, and `predict` was no faster. ``bf16`` on CPU pays off where the CPU has
-    bfloat16 instructions (AVX512-BF16, AMX): about 2x faster convolutions, masks within a pixel."""
+    """``auto``: fp32. Measured on an H100 (2026-11-25, coco128 boxes): fp16 autocast pays 3–8 s of
+    kernel selection for every new padded image shape, so `refine` ran 23 images/s in fp16 against 32
+    in fp32, and `predict` was no faster. On a CPU with bfloat16 instructions (AVX512-BF16, AMX),
+    ``bf16-masks`` runs only the mask branch (the semantic and instance heads: most of the work of
+    `refine` and of `predict`'s masks) in bfloat16 and the backbone, RPN and box head in fp32: 1.3x
+    the speed of fp32 with the same held-back quality on this project's CPU (2026-11-27, README
+    "Precision"); ``bf16`` (all of it) is faster still but detects worse. Neither is the default:
+    bfloat16 results depend on the number of CPU threads, so runs split over processes (torchrun)
+    would no longer give the bytes of one process, as fp32 does."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         return "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs CUDA; on CPU use fp32 or bf16")
+        raise ValueError("--precision fp16 needs CUDA; on CPU use fp32, bf16-masks or bf16")
     return precision
 
 
@@ -254,6 +259,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = inference_copy(model).to(self.device)
+        self.model.roi_heads.mask_dtype = torch.bfloat16 if self.precision == "bf16-masks" else None
         self.model.set_canvas(canvas)  # whole-image batches padded to multiples of it (0: of 32)
         self.canvas = canvas
         if batch_size is not None and batch_size < 1:
@@ -276,7 +282,7 @@ class Predictor:
         return self.model.cfg.class_names
 
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "bf16-masks"):  # bf16-masks: the model autocasts its mask branch
             return contextlib.nullcontext()
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)

@@ -76,6 +76,33 @@ def test_bf16_on_cpu_agrees_with_fp32():
     assert (a != b).mean() < 0.02
 
 
+def test_bf16_masks_runs_only_the_mask_branch_in_bf16():
+    """bf16-masks: boxes, scores and everything before the mask branch exactly as in fp32; the mask
+    logits computed in bfloat16 (close to fp32's, not equal) and handed on in float32."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_classes=1, class_names=("obj",), class_agnostic="all"))
+    img, _, box = ellipse_scene()
+    fp32 = Predictor(model, device="cpu", precision="fp32")
+    mixed = Predictor(model, device="cpu", precision="bf16-masks")
+    assert mixed.runtime == "cpu/bf16-masks/batch1" and mixed.model.roi_heads.mask_dtype == torch.bfloat16
+    assert fp32.model.roi_heads.mask_dtype is None
+    with torch.inference_mode():
+        feats = fp32.model.backbone(fp32._to_tensor(img)[None])
+        boxes, labels = [torch.tensor(box[None], dtype=torch.float32)], [torch.zeros(1, dtype=torch.long)]
+        a = fp32.model.roi_heads.predict_masks(feats, boxes, labels)[0]
+        b = mixed.model.roi_heads.predict_masks(feats, boxes, labels)[0]
+    assert b.dtype == torch.float32 and not torch.equal(a, b)
+    assert (a - b).abs().max() < 0.02  # logits of an untrained head: bfloat16 keeps ~3 digits
+    pa, pb = fp32.predict([img])[0], mixed.predict([img])[0]
+    if not model.roi_heads.mask_scoring:  # the box head's ranking does not read the masks
+        np.testing.assert_array_equal(pa.boxes, pb.boxes)
+        np.testing.assert_array_equal(pa.scores, pb.scores)
+    ra, rb = fp32.refine(img, box[None]), mixed.refine(img, box[None])
+    np.testing.assert_array_equal(ra.boxes, rb.boxes)
+    fa, fb = ra.masks[0].full(*img.shape[:2]), rb.masks[0].full(*img.shape[:2])
+    assert (fa != fb).mean() < 0.02
+
+
 def test_precision_is_checked():
     model = build_model(tiny_config())
     assert Predictor(model, device="cpu").precision == "fp32"

@@ -173,9 +173,12 @@ def test_precision_option(weights, data):
             "--precision", "fp16")
     assert r.exit_code == 1 and "fp16 needs CUDA" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (root / "o.json").exists()
-    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights, "--precision", "bf16")
-    assert r.exit_code == 0, r.output
-    assert len(json.loads((root / "o.json").read_text())["annotations"]) == len(json.loads(src.read_text())["annotations"])
+    n = len(json.loads(src.read_text())["annotations"])
+    for i, precision in enumerate(("bf16", "bf16-masks")):
+        out = root / f"o{i}.json"
+        r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--precision", precision)
+        assert r.exit_code == 0, r.output
+        assert len(json.loads(out.read_text())["annotations"]) == n
 
 
 def test_empty_annotations_is_not_an_error(weights, data):

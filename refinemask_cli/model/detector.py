@@ -111,6 +111,9 @@ class RefineRoIHeads(RoIHeads):
         self.vote_floor = cfg.box_score_thresh
         # inference: run the semantic head only over the part of P2 the RoIs can read (exact)
         self.semantic_window = True
+        # inference: run the mask branch (semantic and instance heads) under autocast in this dtype,
+        # the rest of the model as it is (Predictor's "bf16-masks"; None: no autocast of its own)
+        self.mask_dtype: torch.dtype | None = None
         # training: positive RoIs per image that train the mask branch (0: all, up to 128 of the
         # 512 sampled); fewer make full-mode steps much cheaper, the mask head being the costly part
         self.mask_rois_per_image = 0
@@ -239,7 +242,14 @@ class RefineRoIHeads(RoIHeads):
         labels: Sequence[torch.Tensor],
         priors: Sequence[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
-        """Merged 112×112 mask logits per image for ``boxes`` (network-input coordinates), RoIs chunked."""
+        """Merged 112×112 mask logits per image for ``boxes`` (network-input coordinates), RoIs chunked;
+        with ``mask_dtype`` computed under autocast in it and returned in float32."""
+        if self.mask_dtype is None:
+            return self._predict_masks(features, boxes, labels, priors)
+        with torch.autocast(features["0"].device.type, dtype=self.mask_dtype):
+            return [m.float() for m in self._predict_masks(features, boxes, labels, priors)]
+
+    def _predict_masks(self, features, boxes, labels, priors) -> list[torch.Tensor]:
         head: RefineMaskHead = self.mask_head
         p2 = features["0"]
         size = self.stage_sizes[-1]
