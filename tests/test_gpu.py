@@ -31,7 +31,7 @@ def test_cuda_defaults_and_batched_refine_match_cpu():
     assert gpu.precision == "fp32" and gpu.batch_size == 4 and gpu.runtime == "cuda/fp32/batch4"
     items = [(img, box[None], None, None), (img[:, ::-1].copy(), box[None], None, [mask[:, ::-1]])]
     cpu_out = Predictor(model, device="cpu").refine_many(items)
-    for precision in ("fp32", "fp16", "bf16"):
+    for precision in ("fp32", "fp16", "bf16", "bf16-masks"):
         out = Predictor(model, device="cuda", precision=precision).refine_many(items)
         for a, b in zip(cpu_out, out):
             fa, fb = a.masks[0].full(*img.shape[:2]), b.masks[0].full(*img.shape[:2])
