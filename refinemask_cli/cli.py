@@ -27,8 +27,8 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 precision_option = click.option(
     "--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "bf16-masks"]), default="auto", show_default=True,
     help="auto: fp32 (fp16 autocast measured slower on CUDA with varying image sizes). On CPUs with bfloat16 "
-         "instructions bf16-masks (the mask branch in bfloat16, the rest fp32) is ~1.3x faster at the same "
-         "measured quality; bf16 (all of it) ~1.6x but detects worse. Both depend on the thread count.")
+         "instructions bf16-masks (the mask branch in bfloat16, the rest fp32) is 1.15-1.25x faster at the same "
+         "measured quality; bf16 (all of it) 1.5-1.7x but detects worse. Both depend on the thread count.")
 
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=None,

@@ -150,9 +150,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     kernel selection for every new padded image shape, so `refine` ran 23 images/s in fp16 against 32
     in fp32, and `predict` was no faster. On a CPU with bfloat16 instructions (AVX512-BF16, AMX),
     ``bf16-masks`` runs only the mask branch (the semantic and instance heads: most of the work of
-    `refine` and of `predict`'s masks) in bfloat16 and the backbone, RPN and box head in fp32: 1.3x
+    `refine` and of `predict`'s masks) in bfloat16 and the backbone, RPN and box head in fp32: 1.15-1.25x
     the speed of fp32 with the same held-back quality on this project's CPU (2026-11-27, README
-    "Precision"); ``bf16`` (all of it) is faster still but detects worse. Neither is the default:
+    "Precision"); ``bf16`` (all of it) 1.5-1.7x, but it detects worse. Neither is the default:
     bfloat16 results depend on the number of CPU threads, so runs split over processes (torchrun)
     would no longer give the bytes of one process, as fp32 does."""
     if precision not in PRECISIONS:
