@@ -94,9 +94,9 @@ def test_bf16_masks_runs_only_the_mask_branch_in_bf16():
     assert b.dtype == torch.float32 and not torch.equal(a, b)
     assert (a - b).abs().max() < 0.02  # logits of an untrained head: bfloat16 keeps ~3 digits
     pa, pb = fp32.predict([img])[0], mixed.predict([img])[0]
-    if not model.roi_heads.mask_scoring:  # the box head's ranking does not read the masks
-        np.testing.assert_array_equal(pa.boxes, pb.boxes)
-        np.testing.assert_array_equal(pa.scores, pb.scores)
+    assert not model.roi_heads.mask_scoring  # so the ranking does not read the masks: boxes and scores exact
+    np.testing.assert_array_equal(pa.boxes, pb.boxes)
+    np.testing.assert_array_equal(pa.scores, pb.scores)
     ra, rb = fp32.refine(img, box[None]), mixed.refine(img, box[None])
     np.testing.assert_array_equal(ra.boxes, rb.boxes)
     fa, fb = ra.masks[0].full(*img.shape[:2]), rb.masks[0].full(*img.shape[:2])
