@@ -167,6 +167,16 @@ def test_bad_weights(tmp_path, data):
     assert not (root / "o.json").exists()
 
 
+def test_precision_choices_are_the_predictors():
+    """cli.py spells the --precision choices out (it starts without importing torch); they must be
+    the ones the Predictor accepts, on every command that runs the model."""
+    from refinemask_cli.predictor import PRECISIONS
+
+    for name in ("refine", "predict", "demo"):
+        option = next(p for p in main.commands[name].params if p.name == "precision")
+        assert tuple(option.type.choices) == PRECISIONS, name
+
+
 def test_precision_option(weights, data):
     src, root = data
     r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights, "--device", "cpu",
