@@ -106,8 +106,8 @@ class RefineSettings:
     def __post_init__(self) -> None:
         if self.second_zoom_size and self.second_zoom_size < 32:
             raise ValueError(f"second zoom size must be 0 or >= 32 pixels, got {self.second_zoom_size}")
-        if self.second_zoom_size and self.mode == "whole":
-            raise ValueError("a second zoom size is for zoom mode, not --mode whole")
+        if self.mode == "whole" and self.zoom_only():
+            raise ValueError(self.zoom_only_error("not --mode whole"))
         if self.zoom_max_size and self.zoom_max_size < 32:
             raise ValueError(f"zoom max size must be 0 or >= 32 pixels, got {self.zoom_max_size}")
         if self.mode not in MODES:
@@ -116,6 +116,16 @@ class RefineSettings:
             raise ValueError(f"zoom size must be >= 32 pixels, got {self.zoom_size}")
         if not 1 <= self.passes <= 4:
             raise ValueError(f"passes must be 1 to 4, got {self.passes}")
+
+    def zoom_only(self) -> list[str]:
+        """The options set that only zoom mode uses, by their CLI names."""
+        return [name for name, value in (("--zoom-size", self.zoom_size), ("--zoom-max-size", self.zoom_max_size),
+                                         ("--second-zoom-size", self.second_zoom_size)) if value]
+
+    def zoom_only_error(self, why: str) -> str:
+        asked = self.zoom_only()
+        one = len(asked) == 1
+        return f"{', '.join(asked)} {'is' if one else 'are'} for zoom mode, {why}, or leave {'it' if one else 'them'} out"
 
 
 @dataclass(frozen=True)
@@ -396,6 +406,14 @@ class Predictor:
         size = size or settings.zoom_size or cfg.zoom_size or cfg.min_size
         return ZoomSpec(size, cfg.zoom_margin, max_size=max(settings.zoom_max_size, size) if settings.zoom_max_size else 0)
 
+    def check_settings(self, settings: RefineSettings) -> None:
+        """Refuse zoom-only settings where ``--mode auto`` refines whole images with these weights
+        (not trained for zoom): they would be ignored. ``--mode whole`` refuses them by itself."""
+        if settings.zoom_only() and self.zoom_spec(settings) is None:
+            raise ValueError(settings.zoom_only_error(
+                "and these weights were not trained for zoom, so --mode auto refines whole images: "
+                "add --mode zoom to zoom anyway"))
+
     @torch.inference_mode()
     def refine_many(self, items: Sequence[tuple], regress_boxes: bool = False,
                     settings: RefineSettings | None = None) -> list[Detections]:
@@ -406,6 +424,7 @@ class Predictor:
         padded edges, so results depend slightly on which images share a batch (never on order).
         """
         settings = settings or RefineSettings()
+        self.check_settings(settings)
         zoom = self.zoom_spec(settings)
         second = self.zoom_spec(settings, settings.second_zoom_size) if settings.second_zoom_size else None
         checked = [self._refine_inputs(*item, index=i) for i, item in enumerate(items)]

@@ -56,6 +56,11 @@ def test_demo_with_tiny_weights(tmp_path):
     assert [im["file_name"] for im in refined["images"]] == ["voc.jpg", "arc2017.jpg"]
     r = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--weights", str(w)])
     assert r.exit_code == 1 and "--overwrite" in r.output
+    # these weights refine whole images: a zoom size would be ignored, so it is refused before any file
+    r = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "zoom"), "--weights", str(w), "--device", "cpu",
+                                  "--second-zoom-size", "96"])
+    assert r.exit_code == 1 and "add --mode zoom" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "zoom").exists()
 
 
 def test_demo_with_shipped_default_weights(tmp_path):

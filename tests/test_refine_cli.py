@@ -428,8 +428,13 @@ def test_second_zoom_size_through_the_cli(weights, data):
                for a, b in zip(outs["once"]["annotations"], outs["twice"]["annotations"]) if not a["iscrowd"])
     r = run("refine", src, "--images", root, "-o", root / "bad.json", "--weights", weights, "--second-zoom-size", "16")
     assert r.exit_code == 2 and not (root / "bad.json").exists()
-    for extra in (["--mode", "whole"], ["--regress-boxes"]):
+    # --mode whole; --regress-boxes; --mode auto with these weights (not trained for zoom: whole images)
+    for extra in (["--mode", "whole"], ["--regress-boxes"], []):
         r = run("refine", src, "--images", root, "-o", root / "bad.json", "--weights", weights, "--device", "cpu",
                 "--second-zoom-size", "96", *extra)
-        assert r.exit_code == 1 and "second" in r.output.lower(), r.output
+        assert r.exit_code == 1 and "--second-zoom-size" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1 and not (root / "bad.json").exists()
+        assert not list(root.glob("bad.json*"))  # no journal either
+    r = run("refine", src, "--images", root, "-o", root / "bad.json", "--weights", weights, "--device", "cpu",
+            "--zoom-size", "64")
+    assert r.exit_code == 1 and "add --mode zoom" in r.output and not list(root.glob("bad.json*")), r.output

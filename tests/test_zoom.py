@@ -161,9 +161,11 @@ def test_predictor_passes_the_second_zoom_size_to_the_model(model, monkeypatch):
     assert seen == [(ZoomSpec(64, margin, max_size=128), ZoomSpec(96, margin, max_size=128)),
                     (ZoomSpec(64, margin), None)]
     assert len(out[0]) == 1
-    for bad in ({"second_zoom_size": 16}, {"mode": "whole", "second_zoom_size": 96}):
-        with pytest.raises(ValueError, match="second zoom size"):
-            RefineSettings(**bad)
+    with pytest.raises(ValueError, match="second zoom size"):
+        RefineSettings(second_zoom_size=16)
+    for key in ("zoom_size", "zoom_max_size", "second_zoom_size"):
+        with pytest.raises(ValueError, match=f"--{key.replace('_', '-')} is for zoom mode, not --mode whole"):
+            RefineSettings(mode="whole", **{key: 96})
 
 
 def test_second_pass_feeds_the_first_mask_back(model):
@@ -218,6 +220,30 @@ def test_predictor_settings_pick_the_mode():
     for bad in (dict(mode="tiles"), dict(passes=0), dict(zoom_size=8)):
         with pytest.raises(ValueError):
             RefineSettings(**bad)
+
+
+def test_zoom_only_settings_refused_where_auto_refines_whole_images(monkeypatch):
+    """Weights not trained for zoom refine whole images under --mode auto: a zoom size asked for
+    there would be silently ignored, so it is refused before the network runs; --mode zoom takes it."""
+    plain = Predictor(build_model(tiny_config(class_agnostic="all", num_classes=1, class_names=("o",))), device="cpu")
+    img, _, box = ellipse_scene(64, 80, seed=8)
+    calls = []
+    monkeypatch.setattr(plain.model, "refine", lambda *a, **k: calls.append(k))
+    for key in ("zoom_size", "zoom_max_size", "second_zoom_size"):
+        settings = RefineSettings(**{key: 96})
+        with pytest.raises(ValueError, match=f"--{key.replace('_', '-')} is for zoom mode.*add --mode zoom"):
+            plain.check_settings(settings)
+        with pytest.raises(ValueError, match="not trained for zoom"):
+            plain.refine(img, box[None], settings=settings)
+    both = RefineSettings(zoom_size=64, second_zoom_size=96)
+    with pytest.raises(ValueError, match="--zoom-size, --second-zoom-size are for zoom mode.*leave them out"):
+        plain.check_settings(both)
+    assert calls == []  # refused before the model ran
+    plain.check_settings(RefineSettings())  # nothing zoom-only asked: whole images, as before
+    plain.check_settings(RefineSettings(mode="zoom", zoom_size=64, second_zoom_size=96))
+    zoomed = Predictor(build_model(tiny_config(class_agnostic="all", num_classes=1, class_names=("o",),
+                                               zoom_size=64)), device="cpu")
+    zoomed.check_settings(RefineSettings(second_zoom_size=96))  # auto is zoom for these weights
 
 
 def test_remove_small_regions_islands_and_holes():

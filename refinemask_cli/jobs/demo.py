@@ -105,6 +105,7 @@ def run_demo(predictor: Predictor, out_dir: Path, overwrite: bool = False,
     fields (mode, flip, passes, ...) on top of the defaults."""
     from ..io.images import read_image
 
+    predictor.check_settings(job.RefineOptions(**(settings or {})).settings)  # before writing anything
     out_dir.mkdir(parents=True, exist_ok=True)
     per_photo, images = [], {}
     first_id, offset = 1, 0

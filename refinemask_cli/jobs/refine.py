@@ -303,6 +303,7 @@ def refine_dataset(
     With ``shard`` (several processes): this process refines its share of the batches (its own
     journal holds them) and the results of all are gathered, so every rank returns the whole result.
     """
+    predictor.check_settings(options.settings)  # before any image is read or journal started
     shard = shard or Shard()
     per_image = validate_for_refine(doc, images_dir, options)
     labels = model_labels(doc, predictor)
