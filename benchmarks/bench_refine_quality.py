@@ -169,6 +169,11 @@ def main() -> None:
     model, ckpt = load_model(args.weights)
     predictor = Predictor(model, device=args.device, precision=args.precision)
     variants = args.variant or [""]
+    for v in variants:  # a variant these weights cannot run stops here, not after the first set's rows
+        try:
+            predictor.check_settings(job.RefineOptions(**parse_variant(v)).settings)
+        except ValueError as e:
+            raise SystemExit(f"variant {v!r}: {e}") from None
     print(f"weights {Path(args.weights).name} (sha256 {ckpt['sha256'][:12]}), device {predictor.device}, "
           f"{predictor.precision}")
     results = []

@@ -12,6 +12,7 @@ from refinemask_cli.engine.evaluate import f1_by_threshold, predict_defaults
 from refinemask_cli.geometry import encode_rle
 from refinemask_cli.weights.checkpoint import default_weights_path
 
+from .cocofix import tiny_weights
 from .conftest import ROOT, shared_path
 
 
@@ -36,6 +37,18 @@ def test_bench_refine_quality_small(tmp_path):
     for s in scores:  # every object's score, which compare_weights.py reads: their mean is the row's
         assert len(s["objects"]) == s["count"]
         assert s["mIoU"] == pytest.approx(sum(o[2] for o in s["objects"]) / s["count"])
+
+
+def test_bench_refine_quality_refuses_a_variant_the_weights_cannot_run(tmp_path):
+    """Checked before any set is read (no ../shared needed): one line naming the variant, not a
+    traceback after the first set's rows."""
+    w = tiny_weights(tmp_path / "w.pt", train_steps=0)  # not trained for zoom: auto is whole images
+    for variant, why in (("second_zoom_size=384", "add --mode zoom"), ("mode=whole,zoom_size=384", "not --mode whole")):
+        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_refine_quality.py"), "--weights", str(w),
+                            "--device", "cpu", "--sets", "no-such-set", "--variant", "", "--variant", variant],
+                           check=False, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and f"variant {variant!r}" in r.stderr and why in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
 
 
 def test_bench_predict_quality_small(tmp_path):
