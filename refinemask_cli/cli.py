@@ -572,8 +572,8 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
     """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy."""
     import json
 
-    from .engine.evaluate import evaluate_by_id, evaluate_detections
-    from .io.coco import check_dataset, first_error, read_coco, read_json
+    from .engine.evaluate import evaluate_by_id, evaluate_detections, match_images_by_name
+    from .io.coco import CocoError, check_dataset, first_error, read_coco, read_json
 
     gt = read_coco(gt_json)
     problem = first_error(check_dataset(gt))
@@ -583,6 +583,11 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
     if isinstance(pred, dict):
         if "annotations" not in pred:
             raise UserError(f"{pred_json}: neither a results list nor a dataset with 'annotations'")
+        if not isinstance(pred["annotations"], list):
+            raise UserError(f"{pred_json}: 'annotations' must be a list, got {type(pred['annotations']).__name__}")
+        bad = next((k for k, a in enumerate(pred["annotations"]) if not isinstance(a, dict)), None)
+        if bad is not None:
+            raise UserError(f"{pred_json}: annotation #{bad}: entry is not a JSON object")
         pred_ids = {a.get("id") for a in pred["annotations"]}
         gt_ids = {a["id"] for a in gt["annotations"] if not a.get("iscrowd", 0)}
         by_id = by_id or gt_ids <= pred_ids
@@ -593,8 +598,21 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
         res.pop("per_annotation")
         res = {"mode": "by-id", **res}
     else:
+        if isinstance(pred, dict):
+            pred, matched = match_images_by_name(gt, pred)
+            if matched:  # on stderr, so --json stays one object on stdout
+                warn(f"{pred_json}: its image ids are not {gt_json}'s; images matched by file name")
+            names = {c.get("id"): c.get("name") for c in gt.get("categories", []) if isinstance(c, dict)}
+            other = next((c for c in pred.get("categories") or [] if isinstance(c, dict) and c.get("id") in names
+                          and c.get("name") != names[c.get("id")]), None)
+            if other is not None and not class_agnostic:  # e.g. one-class "object" output against COCO's "person"
+                warn(f"{pred_json}: its category {other['id']} is {other.get('name')!r}, {gt_json}'s is "
+                     f"{names[other['id']]!r}; pass --class-agnostic to count every category as one")
         results = pred if isinstance(pred, list) else [{**a, "score": a.get("score", 1.0)} for a in pred["annotations"]]
-        res = {"mode": "detections", **evaluate_detections(gt, results, class_agnostic)}
+        try:
+            res = {"mode": "detections", **evaluate_detections(gt, results, class_agnostic)}
+        except CocoError as e:
+            raise UserError(f"{pred_json}: {e}") from None
     if as_json:
         click.echo(json.dumps(res, indent=None, sort_keys=False))
         return

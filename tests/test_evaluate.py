@@ -146,3 +146,110 @@ def test_evaluate_cli_by_id_json(tmp_path):
     assert res["mode"] == "detections" and res["segm_AP"] == pytest.approx(1.0) and res["boundary_AP"] == pytest.approx(1.0)
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "gt.json"), str(tmp_path / "nope.json")])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_check_results_names_each_detection_that_cannot_be_scored():
+    from refinemask_cli.io.coco import check_results, first_error
+
+    a = np.zeros((40, 40), bool)
+    a[0:20, 0:20] = True
+    gt = _doc([a], [7])
+    ok = {"id": 3, "image_id": 1, "category_id": 1, "segmentation": rle(a), "score": 0.9}
+    assert check_results([ok, {**ok, "id": 4, "bbox": [0, 0, 20, 20]}], gt) == []
+    cases = [
+        ({**ok, "image_id": 5}, "annotation 3: image_id 5 is not an image of the ground truth (predict --like"),
+        ({**ok, "category_id": 9}, "annotation 3: category_id 9 is not a category of the ground truth (--class-agnostic"),
+        ({**ok, "score": "high"}, "annotation 3: score 'high' must be a finite number"),
+        ({**ok, "score": float("nan")}, "annotation 3: score nan must be a finite number"),
+        ({k: v for k, v in ok.items() if k != "score"}, "annotation 3: score None"),
+        ({**ok, "bbox": [1, 2]}, "annotation 3: bbox [1, 2] must be 4 finite numbers"),
+        ({k: v for k, v in ok.items() if k != "segmentation"}, "annotation 3: has neither segmentation nor bbox"),
+        ({**ok, "segmentation": {"size": [10, 10], "counts": "abc"}}, "annotation 3: RLE size 10x10 does not match"),
+        ({**ok, "segmentation": [[1, 2, 3]]}, "annotation 3: polygon 0 has 3 coordinates"),
+        ({k: v for k, v in ok.items() if k != "id"} | {"image_id": 5}, "result #0: image_id 5"),
+        (7, "result #0: entry is not a JSON object"),
+    ]
+    for bad, message in cases:
+        problem = first_error(check_results([bad], gt))
+        assert problem is not None and str(problem).startswith(message), (bad, str(problem))
+    assert check_results([{**ok, "category_id": 9}], gt, any_category=True) == []  # class-agnostic scoring
+    # a box-only detection is scored as its box (pycocotools' loadRes does so), also beside masks
+    box_only = {"id": 5, "image_id": 1, "category_id": 1, "score": 0.8, "bbox": [0, 0, 20, 20]}
+    assert check_results([box_only], gt) == []
+    assert evaluate_detections(gt, [box_only])["segm_AP"] == pytest.approx(1.0)
+    wide = {**box_only, "bbox": [0, 0, 40, 20]}  # mask IoU 0.5 with the object
+    res = evaluate_detections(gt, [{**ok, "score": 0.5}, wide])  # mixed: loadRes would KeyError
+    assert res["segm_AP50"] == pytest.approx(1.0) and res["detections"] == 2
+    assert str(first_error(check_results({"annotations": []}, gt))) == "file: results must be a list of detections"
+    # the engine refuses them the same way (pycocotools' loadRes would only assert)
+    from refinemask_cli.io.coco import CocoError
+
+    with pytest.raises(CocoError, match="image_id 5 is not an image of the ground truth"):
+        evaluate_detections(gt, [{**ok, "image_id": 5}])
+
+
+def test_match_images_by_name():
+    from refinemask_cli.engine.evaluate import match_images_by_name
+
+    a = np.zeros((40, 40), bool)
+    a[0:20, 0:20] = True
+    gt = _doc([a], [7])
+    gt["images"] = [{"id": 10, "width": 40, "height": 40, "file_name": "val/x.png"},
+                    {"id": 11, "width": 40, "height": 40, "file_name": "val/y.png"}]
+    pred = {"images": [{"id": 1, "file_name": "y.png"}, {"id": 2, "file_name": "val/x.png"}],
+            "annotations": [{"id": 1, "image_id": 1}, {"id": 2, "image_id": 2}, {"id": 3, "image_id": 1}]}
+    out, matched = match_images_by_name(gt, pred)
+    assert matched and [a["image_id"] for a in out["annotations"]] == [11, 10, 11]
+    assert [a["image_id"] for a in pred["annotations"]] == [1, 2, 1]  # the input is not changed
+    same = {"images": [], "annotations": [{"id": 1, "image_id": 10}]}
+    assert match_images_by_name(gt, same) == (same, False)  # ids already the ground truth's
+    for images in ([{"id": 1, "file_name": "z.png"}, {"id": 2, "file_name": "x.png"}],  # a name not there
+                   [{"id": 2, "file_name": "x.png"}]):  # image 1 not listed
+        unmatched = {**pred, "images": images}
+        assert match_images_by_name(gt, unmatched) == (unmatched, False)
+    gt["images"].append({"id": 12, "width": 40, "height": 40, "file_name": "test/y.png"})  # y.png twice
+    out, matched = match_images_by_name(gt, {**pred, "images": [{"id": 1, "file_name": "test/y.png"},
+                                                                  {"id": 2, "file_name": "val/x.png"}]})
+    assert matched and [a["image_id"] for a in out["annotations"]] == [12, 10, 12]  # the full name decides
+    assert not match_images_by_name(gt, pred)[1]  # "y.png" alone is ambiguous now
+
+
+def test_evaluate_cli_bad_detections_and_other_image_ids(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from refinemask_cli.cli import main
+
+    a = np.zeros((40, 40), bool)
+    a[0:20, 0:20] = True
+    gt = _doc([a], [7])
+    gt["images"][0]["id"] = 42
+    gt["annotations"][0]["image_id"] = 42
+    gt["categories"] = [{"id": 1, "name": "person"}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+
+    def evaluate(pred, *extra):
+        (tmp_path / "pred.json").write_text(json.dumps(pred))
+        return CliRunner().invoke(main, ["evaluate", str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), *extra])
+
+    det = {"image_id": 42, "category_id": 1, "segmentation": rle(a), "score": 0.9}
+    # a results list numbered as another file (predict without --like): one line, exit 1, not an assertion
+    r = evaluate([{**det, "image_id": 1}])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "pred.json: result #0: image_id 1 is not an image of the ground truth (predict --like" in r.output
+    for bad in ([{**det, "score": None}], {"annotations": {}}, {"annotations": [3]}):
+        r = evaluate(bad)
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "pred.json: " in r.output, r.output
+    # predict's own COCO output of the same image, numbered from 1, one class "object": matched by file
+    # name with a note, and a note that its category is not the ground truth's
+    pred = {"images": [{"id": 1, "width": 40, "height": 40, "file_name": "x.png"}],
+            "annotations": [{**det, "id": 1, "image_id": 1}], "categories": [{"id": 1, "name": "object"}]}
+    r = evaluate(pred, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["segm_AP"] == pytest.approx(1.0)
+    assert "images matched by file name" in r.stderr and "pass --class-agnostic" in r.stderr
+    r = evaluate(pred, "--json", "--class-agnostic")
+    assert json.loads(r.stdout)["segm_AP"] == pytest.approx(1.0) and "--class-agnostic" not in r.stderr
+    r = evaluate({**pred, "images": [{"id": 1, "width": 40, "height": 40, "file_name": "other.png"}]})
+    assert r.exit_code == 1 and "annotation 1: image_id 1 is not an image of the ground truth" in r.output

@@ -16,6 +16,7 @@ import contextlib
 import io
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,7 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..geometry import segmentation_to_mask
-from ..io.coco import segmentation_kind_safe
+from ..io.coco import CocoError, check_results, first_error, segmentation_kind_safe
 
 DILATION_RATIO = 0.02
 KERNEL = np.ones((3, 3), np.uint8)
@@ -287,9 +288,13 @@ class BoundaryCOCOeval(COCOeval):
 def _as_rle(anns: list[dict], images: dict[int, dict], polygons_only: bool = False) -> list[dict]:
     """Annotations with their segmentation as compressed RLE (what loadRes/COCOeval work on) and an
     ``area`` where they lack one; ``polygons_only``: only polygon ones are converted (results, whose
-    RLE loadRes takes as is), and records of images not in ``images`` are left for loadRes to refuse."""
+    RLE loadRes takes as is; a result with only a box gets the box as its polygon first), and records
+    of images not in ``images`` are left for loadRes to refuse."""
     out = []
     for a in anns:
+        if polygons_only and segmentation_kind_safe(a.get("segmentation")) == "none" and "bbox" in a:
+            x, y, w, h = (float(v) for v in a["bbox"])  # a box-only detection: its box is its mask
+            a = {**a, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
         im = images.get(a["image_id"]) if polygons_only else images[a["image_id"]]
         if im is None or (polygons_only and not isinstance(a.get("segmentation"), list)):
             out.append(a)
@@ -310,10 +315,40 @@ def as_one_class(gt: dict, results: list[dict]) -> tuple[dict, list[dict]]:
     return gt, [{**r, "category_id": 1} for r in results]
 
 
+def match_images_by_name(gt: dict, pred: dict) -> tuple[dict, bool]:
+    """``pred`` (a dataset of detections) with its annotations' image ids made ``gt``'s, where the two
+    files number the same images differently (``predict`` without ``--like`` numbers a folder from
+    1): each image matched by its file name, else by the name's last part where that is unique.
+    Returned unchanged (and False) where the ids already agree or a name matches no single image."""
+    gt_ids = {im["id"] for im in gt["images"]}
+    used = {a.get("image_id") for a in pred.get("annotations", []) if isinstance(a, dict)}
+    if used <= gt_ids:
+        return pred, False
+    full: dict = {}
+    last: dict = {}
+    for im in gt["images"]:
+        name = str(im.get("file_name", ""))
+        full.setdefault(name, []).append(im["id"])
+        last.setdefault(Path(name).name, []).append(im["id"])
+    names = {im.get("id"): str(im.get("file_name", "")) for im in pred.get("images", []) if isinstance(im, dict)}
+    mapping = {}
+    for image_id in used:
+        name = names.get(image_id)
+        ids = full.get(name) or last.get(Path(name).name) if name else None
+        if not ids or len(ids) != 1:
+            return pred, False
+        mapping[image_id] = ids[0]
+    return {**pred, "annotations": [{**a, "image_id": mapping[a["image_id"]]} for a in pred["annotations"]]}, True
+
+
 def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = False,
                         kinds: tuple[str, ...] = ("segm", "boundary", "bbox")) -> dict:
     """``segm_AP``, ``boundary_AP`` and ``bbox_AP`` (each with AP50/AP75) of a results list against
-    a dataset (``class_agnostic``: every category counted as one; ``kinds``: which of the three)."""
+    a dataset (``class_agnostic``: every category counted as one; ``kinds``: which of the three).
+    Raises ``CocoError`` naming the first detection that cannot be scored (``check_results``)."""
+    problem = first_error(check_results(results, gt, any_category=class_agnostic))
+    if problem:
+        raise CocoError(str(problem))
     if class_agnostic:
         gt, results = as_one_class(gt, results)
     images = {im["id"]: im for im in gt["images"]}

@@ -206,6 +206,43 @@ def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Probl
     return problems
 
 
+def check_results(results: Any, gt: dict, any_category: bool = False) -> list[Problem]:
+    """Every problem of detections (a COCO results list, or a dataset's annotations with scores)
+    scored against the dataset ``gt``: what would make pycocotools' loadRes or the mask scoring fail.
+    ``any_category``: categories are not compared (class-agnostic scoring)."""
+    if not isinstance(results, list):
+        return [Problem("error", "file", "results must be a list of detections")]
+    problems: list[Problem] = []
+    images = {im["id"]: im for im in gt.get("images", []) if isinstance(im, dict) and "id" in im}
+    categories = {c["id"] for c in gt.get("categories", []) if isinstance(c, dict) and "id" in c}
+    for k, r in enumerate(results):
+        if not isinstance(r, dict):
+            problems.append(Problem("error", f"result #{k}", "entry is not a JSON object"))
+            continue
+        where = f"annotation {r['id']}" if isinstance(r.get("id"), int) else f"result #{k}"
+        img = images.get(r.get("image_id"))
+        if img is None:
+            problems.append(Problem("error", where, f"image_id {r.get('image_id')!r} is not an image of the ground "
+                                                    "truth (predict --like GT_JSON writes its image ids)"))
+            continue
+        if not any_category and r.get("category_id") not in categories:
+            problems.append(Problem("error", where, f"category_id {r.get('category_id')!r} is not a category of the "
+                                                    "ground truth (--class-agnostic counts every category as one)"))
+        if not finite_number(r.get("score")):
+            problems.append(Problem("error", where, f"score {r.get('score')!r} must be a finite number"))
+        if "bbox" in r and not (isinstance(r["bbox"], list) and len(r["bbox"]) == 4
+                                and all(finite_number(v) for v in r["bbox"])):
+            problems.append(Problem("error", where, f"bbox {r['bbox']!r} must be 4 finite numbers [x, y, width, height]"))
+        if segmentation_kind_safe(r.get("segmentation")) == "none":
+            if "bbox" not in r:  # a box alone is scored as its mask, as pycocotools' loadRes does
+                problems.append(Problem("error", where, "has neither segmentation nor bbox"))
+            continue
+        reason = check_segmentation(r["segmentation"], img["height"], img["width"])
+        if reason:
+            problems.append(Problem("error", where, reason))
+    return problems
+
+
 def segmentation_kind_safe(segm: Any) -> str:
     try:
         return segmentation_kind(segm)
