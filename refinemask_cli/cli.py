@@ -207,7 +207,7 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
     if source == "mmdet":
         model, meta = convert.convert_mmdet(src, trust_pickle=trust_pickle)
     elif source == "torchvision":
-        model, meta = convert.convert_torchvision(src, backbone=backbone)
+        model, meta = convert.convert_torchvision(src, backbone=backbone, trust_pickle=trust_pickle)
     else:
         from .model import ModelConfig, build_model
 

@@ -36,8 +36,21 @@ def test_errors_are_one_line(tmp_path):
     save_checkpoint(model, tmp_path / "a.pt")
     data = (tmp_path / "a.pt").read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError, match="not a readable"):
+    with pytest.raises(WeightsError, match="trunc.pt: cannot read it .its zip archive is cut short or damaged"):
         read_checkpoint(tmp_path / "trunc.pt")
+    # not what torch.save writes: named as such, not with the unpickler's bare message ("105")
+    for name, data, why in (("text.pt", b"hi\n", r"not a PyTorch file \(torch.save writes a zip archive; this starts "
+                                                  r"with b'hi\\n'\)"),
+                            ("empty.pt", b"", r"file is empty \(an interrupted download or copy\?\)")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(WeightsError, match=f"{name}: {why}$"):
+            read_checkpoint(tmp_path / name)
+    import argparse  # an importable class, pickled: weights_only refuses it, and refine never needs it
+
+    torch.save({"format": "x", "args": argparse.Namespace(lr=0.1)}, tmp_path / "objects.pt")
+    with pytest.raises(WeightsError, match=r"objects.pt: cannot read it \(it holds Python objects besides tensors "
+                                           r"and plain values, not loaded from untrusted files\)$"):
+        read_checkpoint(tmp_path / "objects.pt")
     ckpt = torch.load(tmp_path / "a.pt", weights_only=True)
     ckpt["state_dict"]["roi_heads.mask_head.semantic_logits.bias"] += 1
     torch.save(ckpt, tmp_path / "edited.pt")

@@ -20,7 +20,7 @@ def test_weights_info_missing_file_is_one_line(tmp_path):
 def test_weights_info_garbage_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
     r = CliRunner().invoke(main, ["weights", "info", str(tmp_path / "bad.pt")])
-    assert r.exit_code == 1 and "not a readable" in r.output
+    assert r.exit_code == 1 and "bad.pt: not a PyTorch file" in r.output
 
 
 def test_debug_shows_traceback(tmp_path):

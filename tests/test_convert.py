@@ -125,6 +125,22 @@ def test_torchvision_convert(tmp_path):
     torch.save(old, tmp_path / "old.pth")
     model2, _ = convert_torchvision(tmp_path / "old.pth")
     assert torch.equal(model2.state_dict()["rpn.head.conv.0.0.weight"], sd["rpn.head.conv.0.0.weight"])
+    # a training script's checkpoint: the state dict beside pickled objects (torchvision's references
+    # save argparse's Namespace): refused with the --trust-pickle hint, read with trust_pickle
+    import argparse
+
+    torch.save({"model": sd, "args": argparse.Namespace(lr=0.02)}, tmp_path / "ckpt.pth")
+    with pytest.raises(WeightsError, match="not loaded from untrusted files.; if you trust this file, retry with --trust-pickle"):
+        convert_torchvision(tmp_path / "ckpt.pth")
+    model3, _ = convert_torchvision(tmp_path / "ckpt.pth", trust_pickle=True)
+    assert torch.equal(model3.state_dict()["roi_heads.box_head.fc6.weight"], sd["roi_heads.box_head.fc6.weight"])
+    cmd = ["weights", "convert", str(tmp_path / "ckpt.pth"), "-o", str(tmp_path / "tv.pt"), "--from", "torchvision"]
+    res = CliRunner().invoke(main, cmd)  # --trust-pickle was not passed on for torchvision files
+    assert res.exit_code == 1 and "retry with --trust-pickle" in res.output and not (tmp_path / "tv.pt").exists()
+    res = CliRunner().invoke(main, [*cmd, "--trust-pickle"])
+    assert res.exit_code == 0, res.output
+    assert torch.equal(load_model(tmp_path / "tv.pt")[0].state_dict()["rpn.head.bbox_pred.weight"],
+                       sd["rpn.head.bbox_pred.weight"])
 
 
 def test_mobilenet_imagenet_init_copies_in_order(tmp_path):

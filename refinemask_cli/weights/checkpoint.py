@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -110,16 +111,39 @@ def save_checkpoint(model: RefineMaskRCNN, path: str | os.PathLike, meta: dict[s
     return ckpt["sha256"]
 
 
+def torch_load_checked(p: Path, weights_only: bool = True, pickle_hint: str = "") -> Any:
+    """``torch.load`` on the CPU, with a file that is not one ``torch.save`` wrote refused by name
+    (empty, or neither a zip archive nor a legacy pickle) instead of the unpickler's bare message;
+    other failures raise ``WeightsError`` saying why (``pickle_hint`` added where ``weights_only``
+    refused objects besides tensors and plain values)."""
+    with p.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        raise WeightsError(f"{p}: file is empty (an interrupted download or copy?)")
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise WeightsError(f"{p}: not a PyTorch file (torch.save writes a zip archive; this starts with {head!r})")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 -- truncated, corrupt, or a pickle with arbitrary objects
+        hint = ""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours parts of its messages
+        if "Weights only load failed" in text:
+            reason = "it holds Python objects besides tensors and plain values, not loaded from untrusted files"
+            hint = pickle_hint
+        elif "central directory" in text or "PytorchStreamReader" in text:
+            reason = "its zip archive is cut short or damaged: an interrupted download or copy?"
+        else:
+            first = (text.splitlines() or [""])[0][:160]
+            reason = type(e).__name__ + (f": {first}" if first else "")
+        raise WeightsError(f"{p}: cannot read it ({reason}){hint}") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a checkpoint file (CPU, ``weights_only=True``) without building a model."""
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: weights file not found; pass --weights PATH to an existing .pt file")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, or a pickle with arbitrary objects
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{p}: not a readable refinemask checkpoint ({reason[:160]})") from None
+    ckpt = torch_load_checked(p)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = ""
         if isinstance(ckpt, dict) and ("state_dict" in ckpt or any(str(k).startswith("backbone.") for k in ckpt)):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..model import ModelConfig, RefineMaskRCNN, build_model
-from .checkpoint import WeightsError, describe_mismatch, load_state_strict
+from .checkpoint import WeightsError, describe_mismatch, load_state_strict, torch_load_checked
 
 MMDET_MASK_PREFIX = "roi_head.mask_head."
 MASK_PREFIX = "roi_heads.mask_head."
@@ -25,12 +25,7 @@ def _load_foreign(path: str | Path, trust_pickle: bool = False) -> Any:
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: file not found")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        hint = "" if trust_pickle else "; if you trust this file, retry with --trust-pickle"
-        raise WeightsError(f"{p}: cannot read checkpoint ({first}){hint}") from None
+    return torch_load_checked(p, weights_only=not trust_pickle, pickle_hint="; if you trust this file, retry with --trust-pickle")
 
 
 def _plain(value: Any) -> Any:
@@ -125,10 +120,11 @@ def convert_mmdet(path: str | Path, trust_pickle: bool = False) -> tuple[RefineM
 
 
 # -- torchvision Mask R-CNN ----------------------------------------------------------------------
-def convert_torchvision(path: str | Path, backbone: str = "resnet50",
-                        class_names: list[str] | None = None) -> tuple[RefineMaskRCNN, dict[str, Any]]:
-    """torchvision ``maskrcnn_resnet50_fpn`` (v1) weights: everything but the mask head is used."""
-    raw = _load_foreign(path)
+def convert_torchvision(path: str | Path, backbone: str = "resnet50", class_names: list[str] | None = None,
+                        trust_pickle: bool = False) -> tuple[RefineMaskRCNN, dict[str, Any]]:
+    """torchvision ``maskrcnn_resnet50_fpn`` (v1) weights: everything but the mask head is used
+    (a training script's checkpoint with ``{"model": state_dict, ...}`` too)."""
+    raw = _load_foreign(path, trust_pickle)
     state_dict = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state_dict, dict) or "roi_heads.box_predictor.cls_score.weight" not in state_dict:
         raise WeightsError(f"{path}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor)")
