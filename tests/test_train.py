@@ -48,6 +48,17 @@ def test_resume_is_exact(tmp_path, mode):
     assert (tmp_path / "b" / "model_final.pt").exists()
 
 
+def test_resume_from_a_damaged_state_file_names_it(tmp_path):
+    from refinemask_cli.weights import WeightsError
+
+    cfg = tiny_cfg(tmp_path, mode="mask")
+    run_training(cfg, tmp_path / "b", torch.device("cpu"), stop_after=2)
+    state = tmp_path / "b" / "last.pt"
+    state.write_bytes(state.read_bytes()[:200])  # the disk filled up under a copy of the run folder
+    with pytest.raises(WeightsError, match="last.pt: cannot read it .its zip archive is cut short"):
+        run_training(cfg, tmp_path / "b", torch.device("cpu"), resume=True)
+
+
 def test_detector_mode_trains_only_rpn_and_box_head(tmp_path):
     from refinemask_cli.engine.config import DETECTOR_MODULES
     from refinemask_cli.weights import read_checkpoint

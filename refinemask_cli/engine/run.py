@@ -31,6 +31,7 @@ from ..weights.checkpoint import (
     load_state_strict,
     read_checkpoint,
     save_checkpoint,
+    torch_load_checked,
 )
 from ..weights.convert import load_mobilenet_v2_imagenet
 from .config import DETECTOR_MODULES, TrainConfig
@@ -193,7 +194,7 @@ def run_training(
         if not state_path.is_file():
             raise ValueError(f"{state_path} not found: nothing to resume (the run stopped before its first "
                              "checkpoint); run the same command without --resume to start it over")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch_load_checked(state_path)  # a damaged file: one line naming it, not a traceback
         if state.get("config") != cfg.to_dict():
             raise ValueError(f"{out_dir}: the run was started with other settings; resume with the same config")
         model.load_state_dict(state["model"])
