@@ -164,6 +164,20 @@ def test_yolo_round_trip_and_validate_a_yolo_dataset(scene, monkeypatch):
     (root / "yolo" / "labels" / "cam_a" / "frame_0001.txt").write_text("7 0.1 0.1 0.2 0.2 0.3 0.1\n")
     r = run("validate", root / "yolo")
     assert r.exit_code == 1 and "frame_0001.txt:1" in r.output and "class 7" in r.output
+    label = root / "yolo" / "labels" / "cam_a" / "frame_0001.txt"
+    label.write_text("0 0.1 0.1 0.2 0.2 0.3 0.1\n1 12 40 80 40 80 90\n")  # pixels, not fractions
+    r = run("validate", root / "yolo")
+    assert r.exit_code == 1 and "frame_0001.txt:2: coordinates must be fractions 0..1" in r.output, r.output
+    label.write_text("0 0.1 0.1 0.2 0.2 0.3 1.004\n")  # a rounding step outside is read
+    assert run("validate", root / "yolo").exit_code == 0
+    label.write_bytes(b"0 0.1 0.1\xff\xfe")
+    r = run("validate", root / "yolo")
+    assert r.exit_code == 1 and "frame_0001.txt: not UTF-8 text" in r.output, r.output
+    # a label file whose image is gone: its objects cannot be read, and the user is told so
+    label.write_text("0 0.1 0.1 0.2 0.2 0.3 0.1\n")
+    (root / "yolo" / "labels" / "cam_b" / "gone.txt").write_text("1 0.1 0.1 0.2 0.2 0.3 0.1\n")
+    r = run("validate", root / "yolo")
+    assert r.exit_code == 0 and "1 label file(s) in" in r.output and "(e.g. gone.txt); their objects are left out" in r.output
 
 
 @pytest.mark.parametrize("target", ["yolo-seg", "labelme"])

@@ -251,7 +251,8 @@ def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
         root = given if given.is_absolute() else yaml_file.parent / given
     images, anns = [], []
     seen: set[Path] = set()
-    for folder in _image_folders(data, root, yaml_file):
+    folders = _image_folders(data, root, yaml_file)
+    for folder in folders:
         if not folder.is_dir():
             raise CocoError(f"{yaml_file}: image folder {folder} not found")
         for img_path in sorted(f for f in folder.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file()):
@@ -267,13 +268,25 @@ def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
             label_file = label_path_for(img_path)
             if not label_file.is_file():
                 continue
-            for line_no, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                text = label_file.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise CocoError(f"{label_file}: not UTF-8 text; a YOLO label file has one "
+                                "'class x1 y1 x2 y2 ...' line per object") from None
+            for line_no, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 ann = _yolo_line(line, w, h, len(names), f"{label_file}:{line_no}")
                 anns.append({"id": len(anns) + 1, "image_id": image_id, "iscrowd": 0, **ann})
     if not images:
         raise CocoError(f"{yaml_file}: no images found under the train/val folders")
+    # label files without an image are never read (Ultralytics finds labels from images): say so
+    used = {label_path_for(img) for img in seen}
+    for label_dir in dict.fromkeys(label_path_for(folder / "x.jpg").parent for folder in folders):
+        orphans = sorted(f for f in label_dir.rglob("*.txt") if f not in used) if label_dir.is_dir() else []
+        if orphans:
+            notes.append(Problem("warning", "file", f"{len(orphans)} label file(s) in {label_dir} have no image "
+                                                    f"(e.g. {orphans[0].name}); their objects are left out"))
     cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(names)]
     return {"images": images, "annotations": anns, "categories": cats}, root
 
@@ -289,6 +302,9 @@ def _yolo_line(line: str, w: int, h: int, n_classes: int, where: str) -> dict:
         raise CocoError(f"{where}: class {cls} is not in data.yaml's {n_classes} names")
     if not all(np.isfinite(values)):
         raise CocoError(f"{where}: non-finite coordinates")
+    if values and not -0.01 <= min(values) <= max(values) <= 1.01:  # rounding may step just outside
+        raise CocoError(f"{where}: coordinates must be fractions 0..1 of the image's width and height, got "
+                        f"{min(values):g}..{max(values):g} (pixels?)")
     if len(values) == 4:  # a detection box: cx cy w h
         cx, cy, bw, bh = values
         box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
