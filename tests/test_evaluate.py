@@ -180,7 +180,7 @@ def test_check_results_names_each_detection_that_cannot_be_scored():
     wide = {**box_only, "bbox": [0, 0, 40, 20]}  # mask IoU 0.5 with the object
     res = evaluate_detections(gt, [{**ok, "score": 0.5}, wide])  # mixed: loadRes would KeyError
     assert res["segm_AP50"] == pytest.approx(1.0) and res["detections"] == 2
-    assert str(first_error(check_results({"annotations": []}, gt))) == "file: results must be a list of detections"
+    assert str(first_error(check_results({"annotations": []}, gt))) == "results must be a list of detections"
     # the engine refuses them the same way (pycocotools' loadRes would only assert)
     from refinemask_cli.io.coco import CocoError
 

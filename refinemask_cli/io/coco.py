@@ -27,8 +27,8 @@ class Problem:
     where: str  # "image 12", "annotation 7", "category 3", "file"
     message: str
 
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+    def __str__(self) -> str:  # a problem of the whole file reads as its message after the file's name
+        return self.message if self.where == "file" else f"{self.where}: {self.message}"
 
 
 def read_json(path: str | Path) -> Any:
@@ -56,14 +56,12 @@ def read_coco(path: str | Path, notes: list | None = None) -> dict:
             raise CocoError(f"{path}: this is a COCO results list, not a dataset; "
                             "a dataset has 'images', 'annotations' and 'categories'")
         raise CocoError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
-    for key in ("images", "annotations"):
+    for key in ("images", "annotations", "categories"):
         if key not in doc:
             raise CocoError(f"{path}: missing '{key}' list; a COCO instances file needs images, annotations "
                             "and categories")
         if not isinstance(doc[key], list):
             raise CocoError(f"{path}: '{key}' must be a list, got {type(doc[key]).__name__}")
-    if "categories" in doc and not isinstance(doc["categories"], list):
-        raise CocoError(f"{path}: 'categories' must be a list")
     changed = normalize_dataset(doc)
     if notes is not None:
         notes.extend(changed)
