@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .console import console, error, kv_table, summary_table, warn
+from .console import console, error, kv_table, problem_line, summary_table, warn
 from .weights import WeightsError
 
 EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError)
@@ -548,8 +548,7 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
                 problems.append(Problem("error", where, message))
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
-        style = "red" if p.level == "error" else "yellow"
-        console.print(f"[{style}]{p.level:7s}[/] {p}", markup=True)
+        problem_line(p.level, str(p))
     console.print(f"{input_json}: {len(doc['images'])} images, {len(doc['annotations'])} annotations, "
                   f"{len(doc.get('categories', []))} categories; {len(errors)} errors, "
                   f"{len(problems) - len(errors)} warnings")

@@ -4,19 +4,30 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup off: what is printed holds file names, labels and messages with brackets, printed as
+# written; the few lines that colour something turn it on for themselves and escape the rest
+console = Console(stderr=False, highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def error(message: str) -> None:
-    """One line on stderr, no traceback."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    """One line on stderr, no traceback. Messages are printed as written: their brackets ("points
+    that are not [x, y] pairs", a file named ``img[1].png``) are not read as rich markup."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", markup=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
+
+
+def problem_line(level: str, text: str) -> None:
+    """One ``validate`` line: the level coloured, the problem as written."""
+    style = "red" if level == "error" else "yellow"
+    console.print(f"[{style}]{level:7s}[/] {escape(text)}", markup=True)
 
 
 def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -24,7 +35,7 @@ def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
     table.add_column("key", style="bold")
     table.add_column("value")
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(Text(k), Text(v))  # file names and labels as written, never as markup
     return table
 
 
@@ -63,5 +74,5 @@ def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
     table.add_column("", justify="right")
     table.show_header = False
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(Text(k), Text(v))
     return table

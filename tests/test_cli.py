@@ -1,4 +1,6 @@
 """CLI conventions through click's runner: exit codes and one-line errors."""
+import json
+
 from click.testing import CliRunner
 
 from refinemask_cli.cli import main
@@ -61,3 +63,16 @@ def test_weights_info_shows_how_detections_are_made(tmp_path):
     line = table_value(r.output, "detections")
     assert "boxes voted at IoU 0.6" in line and "mask confidence" in line and "probability 0.4" in line
     assert "parts (>= 0.7 inside a better mask) scored x 0.5" in line
+
+
+def test_brackets_in_names_and_messages_print_as_written(tmp_path):
+    """rich reads "[cat]" as markup: file names and messages must not lose their brackets."""
+    doc = {"images": [{"id": 1, "width": 8, "height": 8, "file_name": "a[cat].png"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3], "iscrowd": 0}],
+           "categories": [{"id": 1, "name": "x"}]}
+    src = tmp_path / "in[cat].json"
+    src.write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, ["validate", str(src)])
+    assert r.exit_code == 0 and f"{src}: 1 images, 1 annotations" in r.output, r.output
+    r = CliRunner().invoke(main, ["validate", str(src), "--images", str(tmp_path)])
+    assert r.exit_code == 1 and "file a[cat].png not found in" in r.output, r.output
