@@ -365,7 +365,7 @@ def read_input(path: Path, images_dir: Path | None, notes: list | None = None) -
 
     shown = notes is None
     notes = [] if shown else notes
-    doc, own_images, _ = load_annotations(path, notes)
+    doc, own_images, _ = load_annotations(path, notes, images_dir if path.is_dir() else None)
     if shown:
         for note in notes:
             warn(f"{path}: {note}")

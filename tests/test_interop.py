@@ -127,6 +127,47 @@ def test_labelme_round_trip_and_refine_from_a_labelme_folder(scene):
     assert len(json.loads((root / "refined.json").read_text())["annotations"]) == len(back["annotations"])
 
 
+def test_labelme_folder_with_its_images_elsewhere_and_shapes_that_cannot_be_read(scene):
+    """export --to labelme --images DIR points imagePath at DIR (as LabelMe opens it); reading that
+    folder back takes the same --images. Shapes without area are reported, not dropped silently;
+    bad points are named by file and label, brackets and all."""
+    root, doc = scene
+    assert run("export", root / "data.json", "--to", "labelme", "-o", root / "lm", "--images",
+               root / "imgs").exit_code == 0
+    r = run("validate", root / "lm")
+    assert r.exit_code == 1 and "lies outside" in r.output and "pass --images with the folder" in r.output
+    r = run("validate", root / "lm", "--images", root / "imgs")
+    assert r.exit_code == 0, r.output
+    back, _, _ = load_annotations(root / "lm", images_dir=root / "imgs")
+    assert [im["file_name"] for im in back["images"]] == ["cam_a/frame_0001.png", "cam_b/frame_0001.png"]
+    assert len(back["annotations"]) == len(doc["annotations"])
+    w = tiny_weights(root / "w.pt", train_steps=0)
+    r = run("refine", root / "lm", "--images", root / "imgs", "-o", root / "refined.json", "--weights", w,
+            "--device", "cpu", "--no-flip")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((root / "refined.json").read_text())["annotations"]) == len(doc["annotations"])
+
+    path = root / "lm" / "cam_a" / "frame_0001.json"
+    good = json.loads(path.read_text())
+
+    def edit(points, *extra):
+        raw = json.loads(json.dumps(good))
+        raw["shapes"][0]["points"] = points
+        path.write_text(json.dumps(raw))
+        return run("validate", root / "lm", "--images", root / "imgs", *extra)
+
+    label = good["shapes"][0]["label"]
+    for points in ([[1, 2]], [[3, 3], [3, 3], [3, 3]]):
+        r = edit(points)
+        assert r.exit_code == 0, r.output
+        assert "1 LabelMe object(s) without area left out" in r.output
+        assert f"cam_a/frame_0001.json {label!r}" in r.output
+    r = edit([[-5000, 2], [3, 4], [5, 9000]])
+    assert r.exit_code == 1 and f"frame_0001.json: shape {label!r}: polygon 0 has points more than" in r.output
+    r = edit("x")
+    assert r.exit_code == 1 and f"shape {label!r} has points that are not [x, y] pairs" in r.output, r.output
+
+
 # -- YOLO-seg ----------------------------------------------------------------------------------------
 def test_yolo_export_passes_ultralytics_dataset_check(scene):
     pytest.importorskip("ultralytics", reason="ultralytics not installed")

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from ..geometry import encode_rle, mask_bbox, segmentation_to_mask
+from ..geometry.masks import segmentation_problem
 from ..geometry.polygons import ring_area
 from .coco import CocoError, Problem, read_coco
 from .images import SUFFIXES, ImageReadError, read_image
@@ -42,17 +43,21 @@ def detect_kind(path: Path) -> str:
     raise CocoError(f"{path}: file not found")
 
 
-def load_annotations(path: str | Path, notes: list | None = None) -> tuple[dict, Path | None, str]:
+def load_annotations(path: str | Path, notes: list | None = None,
+                     images_dir: str | Path | None = None) -> tuple[dict, Path | None, str]:
     """``(COCO document, images folder or None, kind)`` for a COCO file, LabelMe folder or YOLO dataset.
 
-    For COCO the images folder is None (the user names it); the others carry their own images."""
+    For COCO the images folder is None (the user names it); the others carry their own images. A
+    LabelMe folder's images may sit elsewhere (``export --to labelme --images DIR`` points imagePath
+    there): with ``images_dir`` its file names are taken relative to that folder."""
     p = Path(path)
     kind = detect_kind(p)
     notes = notes if notes is not None else []
     if kind == "coco":
         return read_coco(p, notes), None, kind
     if kind == "labelme":
-        doc, root = read_labelme_folder(p, notes), p
+        root = Path(images_dir) if images_dir is not None else p
+        doc = read_labelme_folder(p, notes, root)
     else:
         yaml_file = p if p.is_file() else next(f for f in (p / "data.yaml", p / "data.yml") if f.is_file())
         doc, root = read_yolo_dataset(yaml_file, notes)
@@ -71,7 +76,7 @@ def _labelme_image(json_path: Path, raw: dict, root: Path) -> tuple[str, int, in
         rel = target.relative_to(root.resolve())
     except ValueError:
         raise CocoError(f"{json_path}: imagePath {image_path!r} lies outside {root}; keep the images inside "
-                        "the LabelMe folder") from None
+                        "the LabelMe folder, or pass --images with the folder that holds them") from None
     h, w = raw.get("imageHeight"), raw.get("imageWidth")
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         try:
@@ -100,7 +105,10 @@ def _points(shape: dict, json_path: Path) -> np.ndarray:
     return arr
 
 
-def read_labelme_folder(folder: Path, notes: list) -> dict:
+def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> dict:
+    """The LabelMe JSONs under ``folder`` as one COCO document; image file names relative to
+    ``root`` (default: ``folder``), where every imagePath must lead."""
+    root = folder if root is None else root
     files = sorted(f for f in folder.rglob("*.json") if f.is_file())
     images, anns, labels = [], [], set()
     objects: list[tuple[int, str, list[dict], Path]] = []
@@ -112,7 +120,7 @@ def read_labelme_folder(folder: Path, notes: list) -> dict:
             raise CocoError(f"{json_path}: not a readable LabelMe JSON ({e})") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("shapes"), list):
             raise CocoError(f"{json_path}: not a LabelMe file (no 'shapes' list)")
-        file_name, h, w = _labelme_image(json_path, raw, folder)
+        file_name, h, w = _labelme_image(json_path, raw, root)
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         groups: dict[tuple, list[dict]] = {}
@@ -134,11 +142,17 @@ def read_labelme_folder(folder: Path, notes: list) -> dict:
         notes.append(Problem("warning", "file", f"LabelMe shapes left out (not areas): {kinds}"))
     cat_ids = {name: i + 1 for i, name in enumerate(sorted(labels))}
     sizes = {im["id"]: (im["height"], im["width"]) for im in images}
+    no_area: list[str] = []
     for image_id, label, shapes, json_path in objects:
         ann = _labelme_object(shapes, sizes[image_id], json_path)
-        if ann is not None:
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_ids[label], "iscrowd": 0,
-                         **ann})
+        if ann is None:  # told, not dropped silently: a user may have a click to redo there
+            no_area.append(f"{json_path.relative_to(folder).as_posix()} {label!r}")
+            continue
+        anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_ids[label], "iscrowd": 0, **ann})
+    if no_area:
+        notes.append(Problem("warning", "file", f"{len(no_area)} LabelMe object(s) without area left out (fewer "
+                                                f"than 3 points, or all on one line): {', '.join(no_area[:3])}"
+                                                + (", ..." if len(no_area) > 3 else "")))
     if not images:
         raise CocoError(f"{folder}: no LabelMe JSON files found")
     return {"images": images, "annotations": anns,
@@ -163,10 +177,16 @@ def _labelme_object(shapes: list[dict], size: tuple[int, int], json_path: Path) 
         pts = _points(s, json_path)
         if len(pts) >= 3:
             rings.append([round(float(v), 2) for v in pts.reshape(-1)])
+    if rings:  # the check behind every decoding, named by file and label here
+        reason = segmentation_problem(rings, h, w)
+        if reason:
+            raise CocoError(f"{json_path}: shape {polys[0].get('label')!r}: {reason}")
     if not masks:
         if not rings:
             return None
         m = segmentation_to_mask(rings, h, w)
+        if not m.any():
+            return None
         return {"segmentation": rings, "bbox": mask_bbox(m), "area": float(m.sum())}
     full = np.zeros((h, w), dtype=bool)
     if rings:
