@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from refinemask_cli.model import build_model
+from refinemask_cli.model import ModelConfig, build_model
 from refinemask_cli.model.refine_head import RefineMaskHead
 from refinemask_cli.predictor import Predictor
 
@@ -258,3 +258,14 @@ def test_vote_boxes_mixed_precision():
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11]], dtype=torch.bfloat16)
     voted = vote_boxes(boxes, torch.tensor([0.9, 0.3]), torch.tensor([0, 0]), torch.tensor([0]), 0.5)
     assert voted.dtype == torch.bfloat16 and torch.allclose(voted.float(), torch.tensor([[0.25, 0.25, 10.25, 10.25]]), atol=0.1)
+
+
+def test_config_values_of_the_wrong_type_are_named():
+    """A [model] table or a checkpoint's config with "320" for an integer: named with its setting
+    (the range checks raised "'<' not supported between 'str' and 'int'")."""
+    with pytest.raises(ValueError, match=r"invalid model config: mask_scoring must be true or false, got 1; "
+                                         r"zoom_size must be an integer, got '320'$"):
+        ModelConfig.from_dict({**tiny_config().to_dict(), "zoom_size": "320", "mask_scoring": 1})
+    with pytest.raises(ValueError, match="min_size must be an integer, got 384.0"):
+        tiny_config(min_size=384.0)
+    assert tiny_config(box_nms_thresh=1).box_nms_thresh == 1  # an int is a number

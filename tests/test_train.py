@@ -131,6 +131,14 @@ def test_config_errors_are_one_line(tmp_path):
     r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "bad.toml")])
     assert r.exit_code == 1 and "not valid TOML" in r.output
     assert TrainConfig.from_dict({"datasets": [{"json": "a", "images": "b"}], "batch_size": 4}).scaled_lr() == 0.005
+    # a value of the wrong type is named with its setting (it raised "'<' not supported between str and int")
+    (tmp_path / "types.toml").write_text('iters = "ten"\nlr = true\nseed = 1.5\namp = 1\nmax_size = 800\n'
+                                         '[[datasets]]\njson = "a.json"\nimages = "imgs"\n')
+    r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "types.toml"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert ("invalid training config: iters must be an integer, got 'ten'; lr must be a number, got True; "
+            "amp must be true or false, got 1; seed must be an integer, got 1.5") in r.output
+    assert TrainConfig.from_dict({"datasets": [{"json": "a", "images": "b"}], "lr": 1, "max_size": None}).lr == 1
 
 
 def _free_port():
@@ -428,7 +436,7 @@ def test_partly_labelled_datasets_in_a_config(tmp_path, monkeypatch):
     mixed = MixedInstances([a, b], copy_paste=1.0)
     assert all(mixed[(1, i, 7)][1]["every_object"] is False for i in range(len(b)))
     assert mixed[(0, 0, 7)][1]["every_object"] is True
-    for bad, words in (({"every_object": "no"}, "every_object is true or false"),
+    for bad, words in (({"every_object": "no"}, "every_object must be true or false, got 'no'"),
                        ({"exclude_held_back_of": str(full)}, "exclude_held_back_of is a list")):
         spec = {"json": str(part), "images": str(tmp_path), **bad}
         with pytest.raises(ValueError, match=words):

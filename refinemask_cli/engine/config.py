@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.config import reject_unknown_keys
+from ..model.config import reject_unknown_keys, wrong_types
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,12 +107,14 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        # first, so the range checks below compare numbers with numbers
+        wrong = wrong_types(self) + [f"[[datasets]] {ds.json!r}: {w}" for ds in self.datasets for w in wrong_types(ds)]
+        if wrong:
+            raise ValueError("invalid training config: " + "; ".join(wrong))
         errors = []
         if not self.datasets:
             errors.append("at least one training dataset is needed (--train-json/--images or [[datasets]])")
         for ds in self.datasets:
-            if not isinstance(ds.every_object, bool):
-                errors.append(f"{ds.json}: every_object is true or false")
             if isinstance(ds.exclude_held_back_of, str) or not all(isinstance(p, str) for p in ds.exclude_held_back_of):
                 errors.append(f"{ds.json}: exclude_held_back_of is a list of COCO JSON paths")
         if self.mode not in TRAIN_MODES:
@@ -178,6 +180,7 @@ class TrainConfig:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 
 def _as_tuple(value):

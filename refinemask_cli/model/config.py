@@ -13,6 +13,32 @@ def reject_unknown_keys(cls: type, d: dict[str, Any], what: str) -> None:
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"unknown {what} keys: {', '.join(unknown)}")
+
+
+_SCALAR_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def wrong_types(cfg: Any) -> list[str]:
+    """The fields of the dataclass ``cfg`` whose value is not of the field's scalar type ("iters must
+    be an integer, got 'ten'"), for a config read from TOML or a checkpoint; an int is a number. List
+    and table fields are checked where they are used."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        kind, _, optional = str(f.type).partition(" | ")
+        value = getattr(cfg, f.name)
+        if kind not in _SCALAR_TYPES or (value is None and optional == "None"):
+            continue
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool), "float": _number(value),
+              "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+        if not ok:
+            out.append(f"{f.name} must be {_SCALAR_TYPES[kind]}, got {value!r}")
+    return out
+
+
 AGNOSTIC_MODES = ("none", "last", "all")
 
 
@@ -79,6 +105,9 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        wrong = wrong_types(self)  # first, so the range checks below compare numbers with numbers
+        if wrong:
+            raise ValueError("invalid model config: " + "; ".join(wrong))
         errors = []
         if self.backbone not in BACKBONES:
             errors.append(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
