@@ -571,7 +571,7 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
     """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy."""
     import json
 
-    from .engine.evaluate import evaluate_by_id, evaluate_detections, match_images_by_name
+    from .engine.evaluate import align_predictions, evaluate_by_id, evaluate_detections
     from .io.coco import CocoError, check_dataset, first_error, read_coco, read_json
 
     gt = read_coco(gt_json)
@@ -598,15 +598,9 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
         res = {"mode": "by-id", **res}
     else:
         if isinstance(pred, dict):
-            pred, matched = match_images_by_name(gt, pred)
-            if matched:  # on stderr, so --json stays one object on stdout
-                warn(f"{pred_json}: its image ids are not {gt_json}'s; images matched by file name")
-            names = {c.get("id"): c.get("name") for c in gt.get("categories", []) if isinstance(c, dict)}
-            other = next((c for c in pred.get("categories") or [] if isinstance(c, dict) and c.get("id") in names
-                          and c.get("name") != names[c.get("id")]), None)
-            if other is not None and not class_agnostic:  # e.g. one-class "object" output against COCO's "person"
-                warn(f"{pred_json}: its category {other['id']} is {other.get('name')!r}, {gt_json}'s is "
-                     f"{names[other['id']]!r}; pass --class-agnostic to count every category as one")
+            pred, notes = align_predictions(gt, pred, class_agnostic)
+            for note in notes:  # on stderr, so --json stays one object on stdout
+                warn(f"{pred_json}: {note}")
         results = pred if isinstance(pred, list) else [{**a, "score": a.get("score", 1.0)} for a in pred["annotations"]]
         try:
             res = {"mode": "detections", **evaluate_detections(gt, results, class_agnostic)}

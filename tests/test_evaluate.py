@@ -212,6 +212,8 @@ def test_match_images_by_name():
                                                                   {"id": 2, "file_name": "val/x.png"}]})
     assert matched and [a["image_id"] for a in out["annotations"]] == [12, 10, 12]  # the full name decides
     assert not match_images_by_name(gt, pred)[1]  # "y.png" alone is ambiguous now
+    odd = {"images": 5, "annotations": [{"id": 1, "image_id": 1}]}  # not a list: nothing to match by
+    assert match_images_by_name(gt, odd) == (odd, False)
 
 
 def test_evaluate_cli_bad_detections_and_other_image_ids(tmp_path):

@@ -330,7 +330,8 @@ def match_images_by_name(gt: dict, pred: dict) -> tuple[dict, bool]:
         name = str(im.get("file_name", ""))
         full.setdefault(name, []).append(im["id"])
         last.setdefault(Path(name).name, []).append(im["id"])
-    names = {im.get("id"): str(im.get("file_name", "")) for im in pred.get("images", []) if isinstance(im, dict)}
+    images = pred.get("images") if isinstance(pred.get("images"), list) else []
+    names = {im.get("id"): str(im.get("file_name", "")) for im in images if isinstance(im, dict)}
     mapping = {}
     for image_id in used:
         name = names.get(image_id)
@@ -339,6 +340,23 @@ def match_images_by_name(gt: dict, pred: dict) -> tuple[dict, bool]:
             return pred, False
         mapping[image_id] = ids[0]
     return {**pred, "annotations": [{**a, "image_id": mapping[a["image_id"]]} for a in pred["annotations"]]}, True
+
+
+def align_predictions(gt: dict, pred: dict, class_agnostic: bool = False) -> tuple[dict, list[str]]:
+    """``pred`` (a dataset of detections) made to load against ``gt`` where it can be
+    (``match_images_by_name``), and notes for the user: images matched by name; a category with one
+    of ``gt``'s ids but another name (one-class "object" against COCO's 1, "person"), unless
+    ``class_agnostic``."""
+    pred, matched = match_images_by_name(gt, pred)
+    notes = ["its image ids are not the ground truth's; images matched by file name"] if matched else []
+    names = {c.get("id"): c.get("name") for c in gt.get("categories", []) if isinstance(c, dict)}
+    cats = pred.get("categories") if isinstance(pred.get("categories"), list) else []
+    other = next((c for c in cats if isinstance(c, dict) and c.get("id") in names
+                  and c.get("name") != names[c.get("id")]), None)
+    if other is not None and not class_agnostic:
+        notes.append(f"its category {other['id']} is {other.get('name')!r}, the ground truth's is "
+                     f"{names[other['id']]!r}; pass --class-agnostic to count every category as one")
+    return pred, notes
 
 
 def evaluate_detections(gt: dict, results: list[dict], class_agnostic: bool = False,
