@@ -405,12 +405,15 @@ def require_valid(doc: dict, path: Path) -> None:
 @canvas_option
 @click.option("--vis-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write overlay PNGs of the predicted outlines here.")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Leave images that cannot be decoded out of the output (each named in a warning) instead "
+                   "of stopping at the first.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @handle_errors
 def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | None, max_detections: int | None,
             like_json: Path | None, category: str | None, output_format: str, simplify: float,
             weights: Path | None, device: str, precision: str, batch_size: int | None, canvas: int,
-            vis_dir: Path | None, overwrite: bool) -> None:
+            vis_dir: Path | None, skip_unreadable: bool, overwrite: bool) -> None:
     """Detect and segment every image in IMAGES_DIR; write COCO, COCO results or LabelMe."""
     import time
 
@@ -459,10 +462,19 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
             count["n"] += k
             bar.update(task, advance=n, instances=count["n"], rate=count["n"] / max(time.perf_counter() - t0, 1e-9))
 
-        doc = job.predict_entries(entries, predictor, settings, categories, category_ids, output_format, simplify,
-                                  on_image, on_result, shard)
+        skipped: list[str] | None = [] if skip_unreadable else None
+        try:
+            doc = job.predict_entries(entries, predictor, settings, categories, category_ids, output_format,
+                                      simplify, on_image, on_result, shard, skipped)
+        except job.UnreadableImage as e:
+            raise UserError(f"{e}; fix or remove it, or pass --skip-unreadable to leave such images out") from None
+    if skipped and not doc["images"]:
+        raise UserError(f"{images_dir}: none of the {len(entries)} images could be read ({skipped[0]})")
     if not shard.is_main:
         return
+    if skipped:  # after the progress bar, before the output: what the output does not hold
+        warn(f"{len(skipped)} unreadable image(s) left out (--skip-unreadable): {'; '.join(skipped[:3])}"
+             + ("; ..." if len(skipped) > 3 else ""))
     losses = None
     if fmt == "coco":
         write_json_atomic(doc, output, overwrite=True)

@@ -87,6 +87,34 @@ def test_predict_bad_folder(weights, tmp_path):
     assert r.exit_code == 1 and "no images" in r.output
 
 
+def test_predict_skips_unreadable_images_only_when_asked(weights, tmp_path):
+    """A damaged file stops the run (one line, nothing written) with a hint; --skip-unreadable leaves
+    it out, names it, and predicts the others exactly as without it."""
+    make_dataset(tmp_path, n_images=3)
+    base = ["--weights", weights, "--score-threshold", "0", "--batch-size", "2"]
+    assert run("predict", tmp_path, "-o", tmp_path / "all.json", *base).exit_code == 0
+    whole = json.loads((tmp_path / "all.json").read_text())
+    good = (tmp_path / "img_1.png").read_bytes()
+    (tmp_path / "img_1.png").write_bytes(good[:60])  # cut short: only decoding finds it
+    r = run("predict", tmp_path, "-o", tmp_path / "p.json", *base)
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and not (tmp_path / "p.json").exists()
+    assert "img_1.png: not a readable image" in r.output and "pass --skip-unreadable" in r.output
+    r = run("predict", tmp_path, "-o", tmp_path / "p.json", *base, "--skip-unreadable")
+    assert r.exit_code == 0, r.output
+    assert "1 unreadable image(s) left out (--skip-unreadable): image 2: " in r.output and "img_1.png" in r.output
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert [im["file_name"] for im in doc["images"]] == ["img_0.png", "img_2.png"]
+    assert [im["id"] for im in doc["images"]] == [1, 3]  # the others keep their ids
+    kept = [a for a in whole["annotations"] if a["image_id"] != 2]
+    drop_ids = [{k: v for k, v in a.items() if k != "id"} for a in doc["annotations"]]
+    assert drop_ids == [{k: v for k, v in a.items() if k != "id"} for a in kept]
+    for f in tmp_path.glob("img_*.png"):
+        f.write_bytes(b"")
+    r = run("predict", tmp_path, "-o", tmp_path / "none.json", *base, "--skip-unreadable")
+    assert r.exit_code == 1 and "none of the 3 images could be read" in r.output
+    assert not (tmp_path / "none.json").exists()
+
+
 @pytest.fixture()
 def holes_doc(tmp_path):
     """A dataset with a holed object, a two-part object, a box-only and a crowd annotation."""

@@ -15,7 +15,7 @@ from ..io.images import SUFFIXES
 from ..predictor import Predictor, PredictSettings
 from .paths import safe_relative
 from .pipeline import batch_groups, run_pipeline
-from .refine import encode_output, read_checked_image
+from .refine import UnreadableImage, encode_output, read_checked_image
 from .shard import Shard
 
 
@@ -102,25 +102,39 @@ def predict_entries(
     on_image: Callable[[int, int], None] | None = None,
     on_result: Callable[[dict, object, list[dict]], None] | None = None,
     shard: Shard | None = None,
+    skipped: list[str] | None = None,
 ) -> dict:
     """A COCO dataset: the entries' images, one annotation (with ``score``) per detection.
 
     Runs on the shared pipeline: images read ahead, ``predictor.batch_size`` per forward pass,
     polygons encoded while the next batch runs; annotation ids count from 1 in image order. With
-    ``shard``, this process predicts its share of the batches and every rank returns the whole."""
+    ``shard``, this process predicts its share of the batches and every rank returns the whole.
+    An image that cannot be decoded stops the run (``UnreadableImage``), unless ``skipped`` is a
+    list: then it is left out of the output and its one-line reason appended there, in image order."""
     shard = shard or Shard()
     done: dict[int, tuple[dict, list[dict]]] = {}  # entry index -> (image record, annotation fields)
+    unread: dict[int, str] = {}  # entry index -> why its image was left out (with ``skipped``)
 
     def read(item: tuple[int, Entry]):
-        return read_checked_image(item[1].path, item[1].info)
+        try:
+            return read_checked_image(item[1].path, item[1].info)
+        except UnreadableImage as e:
+            if skipped is None:
+                raise
+            return e  # handed on in its place: no forward pass, no output record
 
     def forward(items):
-        return predictor.predict([image for _, image in items], score_threshold=settings.score_threshold,
-                                 max_detections=settings.max_detections)
+        images = [image for _, image in items if not isinstance(image, UnreadableImage)]
+        dets = iter(predictor.predict(images, score_threshold=settings.score_threshold,
+                                      max_detections=settings.max_detections) if images else ())
+        return [None if isinstance(image, UnreadableImage) else next(dets) for _, image in items]
 
     def finish(items, dets):
         per_image = []
         for (_, image), det in zip(items, dets):
+            if det is None:
+                per_image.append(None)
+                continue
             h, w = image.shape[:2]
             fields = []
             for mask, label, score in zip(det.masks, det.labels, det.scores):
@@ -133,6 +147,11 @@ def predict_entries(
 
     def hand_on(items, per_image):
         for ((index, entry), image), fields in zip(items, per_image):
+            if fields is None:
+                unread[index] = str(image)
+                if on_image:
+                    on_image(1, 0)
+                continue
             info = {**entry.info, "width": image.shape[1], "height": image.shape[0]}
             anns = [{"image_id": info["id"], **f} for f in fields]
             done[index] = (info, anns)
@@ -144,8 +163,11 @@ def predict_entries(
     groups = shard.take(batch_groups(list(enumerate(entries)), predictor.batch_size))
     run_pipeline(groups, read, forward, finish, hand_on)
     if shard.world > 1:
-        for part in shard.gather(done):
-            done.update(part)
+        for part_done, part_unread in shard.gather((done, unread)):
+            done.update(part_done)
+            unread.update(part_unread)
+    if skipped is not None:
+        skipped.extend(unread[k] for k in sorted(unread))
     images, annotations = [], []
     for index in sorted(done):
         info, anns = done[index]

@@ -265,13 +265,18 @@ def iter_images(doc: dict, per_image: dict[int, list[dict]]) -> Iterator[dict]:
             yield info
 
 
+class UnreadableImage(CocoError):
+    """An image file that cannot be decoded (``predict --skip-unreadable`` leaves such images out)."""
+
+
 def read_checked_image(path: Path, info: dict) -> np.ndarray:
     """The image of record ``info`` read from ``path``; a ``CocoError`` naming the image id when it
-    cannot be read or disagrees with the record's width/height (where the record has them)."""
+    cannot be read (``UnreadableImage``) or disagrees with the record's width/height (where the
+    record has them)."""
     try:
         image = read_image(path)
     except ImageReadError as e:
-        raise CocoError(f"image {info['id']}: {e}") from None
+        raise UnreadableImage(f"image {info['id']}: {e}") from None
     h, w = image.shape[:2]
     if "width" in info and (h, w) != (info["height"], info["width"]):
         raise CocoError(f"image {info['id']} ({info['file_name']}): file is {w}x{h} but the JSON says "
