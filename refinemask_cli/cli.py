@@ -33,8 +33,18 @@ precision_option = click.option(
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=None,
     help="Images per forward pass (default: 1 on CPU, where batching measured slower; 4 on CUDA).")
+simplify_option = click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                               help="Polygon simplification in pixels.")
+
+
+def _canvas_value(ctx, param, value: int) -> int:
+    if value % 32:
+        raise click.BadParameter(f"{value} is not a multiple of 32 (0: multiples of 32)")
+    return value
+
+
 canvas_option = click.option(
-    "--canvas", type=click.IntRange(min=0), default=0, show_default=True,
+    "--canvas", type=click.IntRange(min=0), default=0, show_default=True, callback=_canvas_value,
     help="Pad whole-image batches to multiples of PX (>= the input's long side: one fixed canvas, "
          "so fp16 on CUDA picks its kernels once; 0: multiples of 32).")
 
@@ -234,8 +244,8 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
               help="auto: the coarse mask where an annotation has one, else its box.")
 @click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True,
               help="polygon (RLE for masks with holes) or RLE for every refined annotation.")
-@click.option("--simplify", type=float, default=0.0, show_default=True, help="Polygon simplification in pixels.")
-@click.option("--min-agreement", type=float, default=None,
+@simplify_option
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Keep the input where IoU(coarse mask, refined) is below this, and flag it.")
 @click.option("--regress-boxes", is_flag=True, help="Tighten loose boxes with one pass of the box head first.")
 @click.option("--crowd", type=click.Choice(["keep", "refine"]), default="keep", show_default=True,
@@ -397,7 +407,7 @@ def require_valid(doc: dict, path: Path) -> None:
 @click.option("--category", default=None,
               help="With --like and one-class weights: the dataset category (name or id) detections are written as.")
 @click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True)
-@click.option("--simplify", type=float, default=0.0, show_default=True, help="Polygon simplification in pixels.")
+@simplify_option
 @weights_option
 @device_option
 @precision_option

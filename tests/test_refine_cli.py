@@ -177,6 +177,20 @@ def test_precision_choices_are_the_predictors():
         assert tuple(option.type.choices) == PRECISIONS, name
 
 
+def test_option_values_out_of_range_are_usage_errors(weights, data):
+    """Exit 2 (click's usage line) for a value no run could take, on refine and predict alike, before
+    anything is read: they exited 1 as if the input were bad."""
+    src, root = data
+    for cmd, extra in ((["refine", src, "--images", root], ["--simplify", "-1"]),
+                       (["refine", src, "--images", root], ["--min-agreement", "2"]),
+                       (["refine", src, "--images", root], ["--canvas", "33"]),
+                       (["predict", root], ["--simplify", "-1"]),
+                       (["predict", root], ["--canvas", "100"])):
+        r = run(*cmd, "-o", root / "o.json", "--weights", weights, *extra)
+        assert r.exit_code == 2 and f"Invalid value for '{extra[0]}'" in r.output, (extra, r.output)
+        assert not (root / "o.json").exists()
+
+
 def test_precision_option(weights, data):
     src, root = data
     r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights, "--device", "cpu",
