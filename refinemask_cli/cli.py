@@ -582,7 +582,7 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
 @click.argument("gt_json", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("pred_json", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--by-id", is_flag=True, help="Match PRED to GT by annotation id (automatic when every GT id is in PRED).")
+@click.option("--by-id", is_flag=True, help="Match PRED to GT by annotation id (automatic when every GT object is in PRED by id, on its image).")
 @click.option("--ignore", "ignore_key", default=None,
               help="GT annotation key holding a segmentation of uncertain pixels to leave out (by-id only).")
 @click.option("--class-agnostic", is_flag=True,
@@ -593,7 +593,7 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
     """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy."""
     import json
 
-    from .engine.evaluate import align_predictions, evaluate_by_id, evaluate_detections
+    from .engine.evaluate import align_predictions, evaluate_by_id, evaluate_detections, is_refined_copy
     from .io.coco import CocoError, check_dataset, first_error, read_coco, read_json
 
     gt = read_coco(gt_json)
@@ -609,9 +609,7 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
         bad = next((k for k, a in enumerate(pred["annotations"]) if not isinstance(a, dict)), None)
         if bad is not None:
             raise UserError(f"{pred_json}: annotation #{bad}: entry is not a JSON object")
-        pred_ids = {a.get("id") for a in pred["annotations"]}
-        gt_ids = {a["id"] for a in gt["annotations"] if not a.get("iscrowd", 0)}
-        by_id = by_id or gt_ids <= pred_ids
+        by_id = by_id or is_refined_copy(gt, pred)
     elif by_id:
         raise UserError(f"{pred_json}: a results list has no annotation ids; --by-id needs a dataset")
     if by_id:

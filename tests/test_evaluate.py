@@ -255,3 +255,34 @@ def test_evaluate_cli_bad_detections_and_other_image_ids(tmp_path):
     assert json.loads(r.stdout)["segm_AP"] == pytest.approx(1.0) and "--class-agnostic" not in r.stderr
     r = evaluate({**pred, "images": [{"id": 1, "width": 40, "height": 40, "file_name": "other.png"}]})
     assert r.exit_code == 1 and "annotation 1: image_id 1 is not an image of the ground truth" in r.output
+
+
+def test_detections_numbered_like_the_ground_truth_are_not_taken_for_a_refined_copy(tmp_path):
+    """predict --like numbers its detections from 1, as small datasets number their objects: ids
+    alone chose the by-id mode, and scored each detection against another image's object."""
+    import json
+
+    from click.testing import CliRunner
+
+    from refinemask_cli.cli import main
+    from refinemask_cli.engine.evaluate import is_refined_copy
+
+    a = np.zeros((40, 40), bool)
+    a[0:20, 0:20] = True
+    gt = _doc([a, a], [1, 2])
+    gt["images"].append({"id": 2, "width": 40, "height": 40, "file_name": "y.png"})
+    gt["annotations"][1]["image_id"] = 2
+    det = {"category_id": 1, "segmentation": rle(a), "score": 0.9, "iscrowd": 0}
+    pred = {**gt, "annotations": [{**det, "id": 1, "image_id": 2}, {**det, "id": 2, "image_id": 1},
+                                  {**det, "id": 3, "image_id": 1, "score": 0.5}]}
+    assert not is_refined_copy(gt, pred)
+    assert is_refined_copy(gt, {**gt, "annotations": [{**x, "segmentation": rle(a)} for x in gt["annotations"]]})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(pred))
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["mode"] == "detections" and res["segm_AP"] == pytest.approx(1.0)  # both found, one duplicate
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), "--json",
+                                  "--by-id"])
+    assert json.loads(r.stdout)["mode"] == "by-id"  # still there when asked for

@@ -342,6 +342,16 @@ def match_images_by_name(gt: dict, pred: dict) -> tuple[dict, bool]:
     return {**pred, "annotations": [{**a, "image_id": mapping[a["image_id"]]} for a in pred["annotations"]]}, True
 
 
+def is_refined_copy(gt: dict, pred: dict) -> bool:
+    """Whether dataset ``pred`` holds ``gt``'s objects by id (a refined copy, scored by id): every
+    non-crowd ground-truth id is there, on the same image. Ids alone are not enough: ``predict
+    --like`` numbers its detections from 1, as small datasets number their objects."""
+    pred_by_id = {a.get("id"): a for a in pred["annotations"] if isinstance(a, dict)}
+    gt_anns = [a for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    return bool(gt_anns) and all(a["id"] in pred_by_id and pred_by_id[a["id"]].get("image_id") == a["image_id"]
+                                 for a in gt_anns)
+
+
 def align_predictions(gt: dict, pred: dict, class_agnostic: bool = False) -> tuple[dict, list[str]]:
     """``pred`` (a dataset of detections) made to load against ``gt`` where it can be
     (``match_images_by_name``), and notes for the user: images matched by name; a category with one
