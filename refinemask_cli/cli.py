@@ -593,7 +593,12 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
     """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy."""
     import json
 
-    from .engine.evaluate import align_predictions, evaluate_by_id, evaluate_detections, is_refined_copy
+    from .engine.evaluate import (
+        align_predictions,
+        evaluate_by_id,
+        evaluate_detections,
+        is_refined_copy,
+    )
     from .io.coco import CocoError, check_dataset, first_error, read_coco, read_json
 
     gt = read_coco(gt_json)
