@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.config import reject_unknown_keys, wrong_types
+from ..model.config import is_number, reject_unknown_keys, wrong_types
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -133,7 +133,7 @@ class TrainConfig:
         malformed = set()  # list settings that are not lists of numbers: checked no further
         for name in ("steps", "min_sizes", "crop_scale"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, tuple) and all(_is_number(v) for v in value)):
+            if value is not None and not (isinstance(value, tuple) and all(is_number(v) for v in value)):
                 errors.append(f"{name} is a list of numbers, got {value!r}")
                 malformed.add(name)
         if "steps" not in malformed and not all(0 < f < 1 for f in self.steps):
@@ -176,11 +176,6 @@ class TrainConfig:
             if key in d:
                 d[key] = _as_tuple(d[key])
         return cls(**d)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 
 def _as_tuple(value):

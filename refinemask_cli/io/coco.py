@@ -146,10 +146,18 @@ def check_segmentation(segm: Any, height: int, width: int) -> str | None:
     return segmentation_problem(segm, height, width)
 
 
+def bbox_shape_problem(bbox: Any) -> str | None:
+    """Why ``bbox`` is not a COCO ``[x, y, w, h]`` of finite numbers, or None."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
+        return f"bbox {bbox!r} must be 4 finite numbers [x, y, width, height]"
+    return None
+
+
 def check_bbox(bbox: Any, height: int, width: int) -> tuple[str, str] | None:
     """(level, reason) for a bad COCO ``[x, y, w, h]`` box, or None."""
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
-        return "error", f"bbox {bbox!r} must be 4 finite numbers [x, y, width, height]"
+    shape = bbox_shape_problem(bbox)
+    if shape:
+        return "error", shape
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         return "error", f"bbox {bbox} has zero or negative width/height"
@@ -228,9 +236,9 @@ def check_results(results: Any, gt: dict, any_category: bool = False) -> list[Pr
                                                     "ground truth (--class-agnostic counts every category as one)"))
         if not finite_number(r.get("score")):
             problems.append(Problem("error", where, f"score {r.get('score')!r} must be a finite number"))
-        if "bbox" in r and not (isinstance(r["bbox"], list) and len(r["bbox"]) == 4
-                                and all(finite_number(v) for v in r["bbox"])):
-            problems.append(Problem("error", where, f"bbox {r['bbox']!r} must be 4 finite numbers [x, y, width, height]"))
+        shape = bbox_shape_problem(r["bbox"]) if "bbox" in r else None
+        if shape:
+            problems.append(Problem("error", where, shape))
         if segmentation_kind_safe(r.get("segmentation")) == "none":
             if "bbox" not in r:  # a box alone is scored as its mask, as pycocotools' loadRes does
                 problems.append(Problem("error", where, "has neither segmentation nor bbox"))

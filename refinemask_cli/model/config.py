@@ -18,7 +18,8 @@ def reject_unknown_keys(cls: type, d: dict[str, Any], what: str) -> None:
 _SCALAR_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (TOML and JSON give both for a number)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -32,7 +33,7 @@ def wrong_types(cfg: Any) -> list[str]:
         value = getattr(cfg, f.name)
         if kind not in _SCALAR_TYPES or (value is None and optional == "None"):
             continue
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool), "float": _number(value),
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool), "float": is_number(value),
               "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
         if not ok:
             out.append(f"{f.name} must be {_SCALAR_TYPES[kind]}, got {value!r}")
