@@ -184,3 +184,62 @@ def test_ship_refine_writes_the_average_in_float16_and_refuses_a_trained_detecto
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
     assert r.returncode == 1 and "p.pt" in r.stderr and "trained" in r.stderr and len(lines) == 1, r.stderr
     assert not (tmp_path / "not.pt").exists()
+
+
+def _fake_install(monkeypatch, tmp_path, names):
+    """The repository's weights/ empty, the shipped ``names`` in an install's data folder."""
+    from refinemask_cli.weights import checkpoint
+
+    prefix = tmp_path / "prefix"
+    share = prefix / checkpoint.SHARE_WEIGHTS
+    share.mkdir(parents=True)
+    for name in names:
+        (share / name).write_bytes(b"x")
+    (tmp_path / "clone").mkdir()
+    monkeypatch.delenv("REFINEMASK_WEIGHTS", raising=False)
+    monkeypatch.setattr(checkpoint, "repository_weights_folder", lambda: tmp_path / "clone")
+    monkeypatch.setattr(checkpoint.sysconfig, "get_path", lambda name, scheme=None: str(prefix))
+    return checkpoint, share
+
+
+def test_defaults_are_found_where_a_non_editable_install_puts_them(monkeypatch, tmp_path):
+    # pip install . (a wheel) has no repository beside the package: the weights come as data files
+    checkpoint, share = _fake_install(monkeypatch, tmp_path, [checkpoint_names()[0], checkpoint_names()[1]])
+    assert checkpoint.resolve_weights(None) == share / "refinemask_mnv2_agnostic.pt"
+    assert checkpoint.resolve_weights(None, "predict") == share / "refinemask_mnv2_predict.pt"
+    # the repository's folder comes first where it has the file (a clone, an editable install)
+    (tmp_path / "clone" / "refinemask_mnv2_agnostic.pt").write_bytes(b"x")
+    assert checkpoint.resolve_weights(None) == tmp_path / "clone" / "refinemask_mnv2_agnostic.pt"
+    assert checkpoint.resolve_weights(None, "predict") == share / "refinemask_mnv2_predict.pt"
+    assert checkpoint.resolve_weights("mine.pt") == checkpoint.Path("mine.pt")
+
+
+def test_predict_falls_back_to_the_refine_default_and_a_missing_default_names_where_it_looked(monkeypatch, tmp_path):
+    checkpoint, share = _fake_install(monkeypatch, tmp_path, ["refinemask_mnv2_agnostic.pt"])
+    assert checkpoint.resolve_weights(None, "predict") == share / "refinemask_mnv2_agnostic.pt"
+    (share / "refinemask_mnv2_agnostic.pt").unlink()
+    with pytest.raises(WeightsError) as e:
+        checkpoint.resolve_weights(None)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "clone") in msg and str(share) in msg and "--weights" in msg
+    monkeypatch.setenv("REFINEMASK_WEIGHTS", str(tmp_path / "gone.pt"))
+    with pytest.raises(WeightsError, match="REFINEMASK_WEIGHTS names .*gone.pt, which is not a file"):
+        checkpoint.resolve_weights(None, "predict")
+
+
+def checkpoint_names():
+    from refinemask_cli.weights.checkpoint import DEFAULT_WEIGHTS_NAME, PREDICT_WEIGHTS_NAME
+
+    return DEFAULT_WEIGHTS_NAME, PREDICT_WEIGHTS_NAME
+
+
+def test_pyproject_installs_the_shipped_files_where_refinemask_looks():
+    from pathlib import Path
+
+    from refinemask_cli.engine.config import tomllib
+    from refinemask_cli.weights.checkpoint import SHARE_WEIGHTS
+
+    root = Path(__file__).resolve().parents[1]
+    data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    assert set(data_files) == {SHARE_WEIGHTS.as_posix()}
+    assert data_files[SHARE_WEIGHTS.as_posix()] == [f"weights/{n}" for n in checkpoint_names()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -233,18 +234,45 @@ PREDICT_WEIGHTS_NAME = "refinemask_mnv2_predict.pt"
 TASKS = ("refine", "predict")
 
 
+# where a non-editable install (``pip install .``, a wheel) puts the shipped files: the install
+# scheme's data folder (the environment's prefix, or the user base for ``--user``), see pyproject.toml
+SHARE_WEIGHTS = Path("share") / "refinemask" / "weights"
+
+
+def repository_weights_folder() -> Path:
+    return Path(__file__).resolve().parents[2] / "weights"
+
+
+def shipped_weights_folders() -> list[Path]:
+    """Where the shipped files are looked for, in order: the repository's ``weights/`` beside the
+    package (a clone, an editable install), then the data folders of the install schemes."""
+    folders = [repository_weights_folder()]
+    for scheme in (sysconfig.get_default_scheme(), f"{os.name}_user"):
+        try:
+            data = sysconfig.get_path("data", scheme)
+        except KeyError:  # a scheme this platform does not have
+            continue
+        if data and (Path(data) / SHARE_WEIGHTS) not in folders:
+            folders.append(Path(data) / SHARE_WEIGHTS)
+    return folders
+
+
 def default_weights_path(task: str = "refine") -> Path:
-    """``$REFINEMASK_WEIGHTS``, else the shipped default for ``task`` in the repository's ``weights/``
-    folder (``predict`` falls back to the refine default where its own file is absent)."""
+    """``$REFINEMASK_WEIGHTS``, else the shipped default for ``task`` in the first of
+    ``shipped_weights_folders()`` that has it (``predict`` falls back to the refine default where its
+    own file is absent); where none has it, the path in the repository's folder."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     env = os.environ.get("REFINEMASK_WEIGHTS")
     if env:
         return Path(env)
-    folder = Path(__file__).resolve().parents[2] / "weights"
-    if task == "predict" and (folder / PREDICT_WEIGHTS_NAME).is_file():
-        return folder / PREDICT_WEIGHTS_NAME
-    return folder / DEFAULT_WEIGHTS_NAME
+    names = (PREDICT_WEIGHTS_NAME, DEFAULT_WEIGHTS_NAME) if task == "predict" else (DEFAULT_WEIGHTS_NAME,)
+    folders = shipped_weights_folders()
+    for name in names:
+        for folder in folders:
+            if (folder / name).is_file():
+                return folder / name
+    return folders[0] / DEFAULT_WEIGHTS_NAME
 
 
 def resolve_weights(path: str | os.PathLike | None, task: str = "refine") -> Path:
@@ -252,7 +280,12 @@ def resolve_weights(path: str | os.PathLike | None, task: str = "refine") -> Pat
         return Path(path)
     p = default_weights_path(task)
     if not p.is_file():
-        raise WeightsError(f"no default weights at {p}; pass --weights PATH (see weights/README.md)")
+        if os.environ.get("REFINEMASK_WEIGHTS"):
+            raise WeightsError(f"REFINEMASK_WEIGHTS names {p}, which is not a file; point it at a weights "
+                               "file or unset it")
+        where = " or ".join(str(f) for f in shipped_weights_folders())
+        raise WeightsError(f"no default weights {DEFAULT_WEIGHTS_NAME} in {where}; pass --weights PATH "
+                           "(see weights/README.md)")
     return p
 
 
