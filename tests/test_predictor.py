@@ -187,3 +187,37 @@ def test_threshold_and_max_detections_inside_the_model_keep_the_same_detections(
     for a, b in zip(kept.masks, everything.masks[:4]):
         assert np.array_equal(a.full(64, 80), b.full(64, 80))
     assert (p.model.roi_heads.score_thresh, p.model.roi_heads.detections_per_img) == (0.0, 10)  # restored
+
+
+def test_refine_cuts_objects_given_a_coarse_mask_at_the_weights_mask_prompt_threshold(monkeypatch):
+    from refinemask_cli.predictor import RefineSettings
+
+    torch.manual_seed(0)
+    predictor = Predictor(build_model(tiny_config(mask_prompt_threshold=0.3)), device="cpu")
+    assert (predictor.threshold, predictor.mask_prompt_threshold) == (0.5, 0.3)
+    # the network's map (faked) falls from sure to unsure across each box, so the cut decides the width
+    ramp = torch.linspace(4.0, -4.0, 112).expand(2, 1, 112, 112).clone()
+    monkeypatch.setattr(predictor.model, "refine", lambda images, boxes, *a, **k: [
+        {"boxes": boxes[0].float(), "labels": torch.zeros(2, dtype=torch.int64), "mask_logits": ramp}])
+    img = np.full((120, 120, 3), 128, np.uint8)
+    boxes = np.array([[4.0, 4.0, 116.0, 60.0], [4.0, 60.0, 116.0, 116.0]], np.float32)
+    coarse = np.zeros((120, 120), bool)
+    coarse[62:114, 6:100] = True
+
+    def areas(settings=None, masks=(None, coarse)):
+        det = predictor.refine(img, boxes, np.zeros(2), list(masks), settings=settings or RefineSettings(snap_edges=False))
+        return [int(m.mask.sum()) for m in det.masks]
+
+    box_only, from_mask = areas()
+    at = {t: areas(RefineSettings(snap_edges=False, mask_threshold=t))[0] for t in (0.3, 0.5, 0.7)}
+    assert at[0.7] < at[0.5] < at[0.3]
+    assert (box_only, from_mask) == (at[0.5], at[0.3])  # each object at its prompt's threshold
+    assert areas(masks=(None, None)) == [at[0.5], at[0.5]]  # no coarse mask: the box threshold for both
+    assert areas(RefineSettings(snap_edges=False, mask_threshold=0.7)) == [at[0.7], at[0.7]]  # given: for all
+    # weights without their own (0) cut every object at mask_threshold
+    plain = Predictor(build_model(tiny_config()), device="cpu")
+    assert plain.mask_prompt_threshold == plain.threshold == 0.5
+    with pytest.raises(ValueError, match="mask threshold must be between 0 and 1"):
+        RefineSettings(mask_threshold=1.0)
+    with pytest.raises(ValueError, match="mask_prompt_threshold must be 0"):
+        tiny_config(mask_prompt_threshold=1.0)

@@ -184,6 +184,8 @@ def test_option_values_out_of_range_are_usage_errors(weights, data):
     for cmd, extra in ((["refine", src, "--images", root], ["--simplify", "-1"]),
                        (["refine", src, "--images", root], ["--min-agreement", "2"]),
                        (["refine", src, "--images", root], ["--canvas", "33"]),
+                       (["refine", src, "--images", root], ["--mask-threshold", "1"]),
+                       (["refine", src, "--images", root], ["--mask-threshold", "0"]),
                        (["predict", root], ["--simplify", "-1"]),
                        (["predict", root], ["--canvas", "100"])):
         r = run(*cmd, "-o", root / "o.json", "--weights", weights, *extra)
@@ -227,7 +229,7 @@ def test_resume_after_interruption_gives_identical_output(weights, tmp_path, bat
     model, ckpt = load_model(weights)
     predictor = Predictor(model, device="cpu", batch_size=batch)
     options = job.RefineOptions()
-    journal = job.Journal(out, job.fingerprint(src, ckpt["sha256"], options, predictor.runtime))
+    journal = job.Journal(out, job.fingerprint(src, ckpt, options, predictor.runtime))
     calls = []
 
     def stop(n, k):
@@ -452,3 +454,32 @@ def test_second_zoom_size_through_the_cli(weights, data):
     r = run("refine", src, "--images", root, "-o", root / "bad.json", "--weights", weights, "--device", "cpu",
             "--zoom-size", "64")
     assert r.exit_code == 1 and "add --mode zoom" in r.output and not list(root.glob("bad.json*")), r.output
+
+
+def test_mask_threshold_option_and_a_config_change_are_other_runs(weights, tmp_path):
+    """--mask-threshold reaches the masks; a journal is only resumed with the same weights file,
+    config included: a file whose thresholds changed (same tensors) refines differently."""
+    from refinemask_cli.model import build_model
+    from refinemask_cli.weights import read_checkpoint, save_checkpoint
+
+    src = make_dataset(tmp_path, n_images=2)
+    common = ["--images", tmp_path, "--weights", weights, "--device", "cpu", "--output-format", "rle"]
+    areas = {}
+    for t in ("0.2", "0.8"):
+        r = run("refine", src, "-o", tmp_path / f"t{t}.json", *common, "--mask-threshold", t)
+        assert r.exit_code == 0 and f"{t} (--mask-threshold)" in r.output, r.output
+        areas[t] = sum(a["area"] for a in json.loads((tmp_path / f"t{t}.json").read_text())["annotations"]
+                       if not a["iscrowd"])
+    assert areas["0.2"] > areas["0.8"]
+    r = run("refine", src, "-o", tmp_path / "own.json", *common)  # the tiny weights have one threshold
+    assert r.exit_code == 0 and "mask threshold" in r.output and "from coarse masks" not in r.output
+    model, ckpt = load_model(weights)
+    other = tmp_path / "other.pt"
+    other_model = build_model(model.cfg.replace(mask_prompt_threshold=0.3))
+    other_model.load_state_dict(model.state_dict())
+    save_checkpoint(other_model, other)
+    other_ckpt = read_checkpoint(other)
+    assert other_ckpt["sha256"] == ckpt["sha256"] and other_ckpt["config"] != ckpt["config"]
+    options = job.RefineOptions()
+    assert job.fingerprint(src, ckpt, options, "cpu") != job.fingerprint(src, other_ckpt, options, "cpu")
+    assert job.fingerprint(src, ckpt, options, "cpu") == job.fingerprint(src, read_checkpoint(weights), options, "cpu")

@@ -85,7 +85,7 @@ def test_sharded_refine_resumes_per_shard(weights, tmp_path):
     predictor = Predictor(model, device="cpu")
     options = job.RefineOptions()
     shard = Shard(1, 2)
-    journal = job.Journal(out, job.fingerprint(src, ckpt["sha256"], options, predictor.runtime + shard.suffix),
+    journal = job.Journal(out, job.fingerprint(src, ckpt, options, predictor.runtime + shard.suffix),
                           shard.suffix)
     journal.start()
     doc = read_coco(src)

@@ -57,9 +57,11 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def fingerprint(input_json: Path | bytes, weights_sha: str, options: RefineOptions, runtime: str = "") -> str:
+def fingerprint(input_json: Path | bytes, weights: dict, options: RefineOptions, runtime: str = "") -> str:
     """What decides a run's exact output: the input file (hashed in 1 MiB blocks, never held whole;
-    or the given bytes), the weights, the options and the runtime (device kind, precision, batch size)."""
+    or the given bytes), the weights (a checkpoint as read: its tensors' sha256 and its config, whose
+    inference settings such as the mask thresholds change outputs without changing a tensor), the
+    options and the runtime (device kind, precision, batch size)."""
     h = hashlib.sha256()
     if isinstance(input_json, bytes):
         h.update(input_json)
@@ -67,7 +69,8 @@ def fingerprint(input_json: Path | bytes, weights_sha: str, options: RefineOptio
         with open(input_json, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    h.update(weights_sha.encode())
+    h.update(weights["sha256"].encode())
+    h.update(json.dumps(weights["config"], sort_keys=True).encode())
     h.update(json.dumps(asdict(options), sort_keys=True).encode())
     h.update(runtime.encode())
     return h.hexdigest()

@@ -53,6 +53,7 @@ class RefineOptions:
     zoom_max_size: int = RefineSettings.zoom_max_size
     snap_edges: bool = RefineSettings.snap_edges
     second_zoom_size: int = RefineSettings.second_zoom_size
+    mask_threshold: float | None = RefineSettings.mask_threshold
     # crowd annotations: "keep" passes them through; "refine" refines their masks like any other
     # and writes them as single objects (iscrowd 0): CVAT exports brush masks as crowd RLE
     crowd: str = "keep"
@@ -60,7 +61,7 @@ class RefineOptions:
     @property
     def settings(self) -> RefineSettings:
         return RefineSettings(self.mode, self.zoom_size, self.flip, self.passes, self.zoom_max_size, self.snap_edges,
-                              self.second_zoom_size)
+                              self.second_zoom_size, self.mask_threshold)
 
     def __post_init__(self) -> None:
         self.settings  # validates mode, zoom size and passes

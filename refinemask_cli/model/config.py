@@ -89,6 +89,10 @@ class ModelConfig:
     box_vote_iou: float = 0.0
     detections_per_img: int = 100
     mask_threshold: float = 0.5
+    # refine: the threshold for objects given with a coarse mask (a polygon or RLE) instead of a box
+    # alone; 0 = mask_threshold. The network is less sure of the edges it is shown than of those it
+    # finds from a box, so a lower cut fits them better (the shipped refine default: weights/README.md)
+    mask_prompt_threshold: float = 0.0
     # rank detections by score × the mean foreground probability of their mask (SOLOv2's "maskness"):
     # boxes on part of an object or across several get unsure masks and drop. Off in the paper's
     # model; on in the shipped predict weights (measured in weights/README.md)
@@ -126,6 +130,9 @@ class ModelConfig:
             errors.append(f"fpn_channels must be a multiple of 8 and >= 32, got {self.fpn_channels}")
         if not 0.0 < self.mask_threshold < 1.0:
             errors.append(f"mask_threshold must be between 0 and 1, got {self.mask_threshold}")
+        if not 0.0 <= self.mask_prompt_threshold < 1.0:
+            errors.append(f"mask_prompt_threshold must be 0 (mask_threshold) or between 0 and 1, "
+                          f"got {self.mask_prompt_threshold}")
         if not 0.0 <= self.box_vote_iou <= 1.0:
             errors.append(f"box_vote_iou must be in [0, 1] (0: no voting), got {self.box_vote_iou}")
         if not 0.0 <= self.part_overlap <= 1.0:
@@ -177,6 +184,7 @@ INFERENCE_SETTINGS = {
     "mask_scoring": ("mask_scoring", lambda v: bool(int(v))),
     "box_nms": ("box_nms_thresh", float),
     "mask_threshold": ("mask_threshold", float),
+    "mask_prompt_threshold": ("mask_prompt_threshold", float),
     "score_thresh": ("box_score_thresh", float),
     "vote": ("box_vote_iou", float),
     "part": ("part_overlap", float),
