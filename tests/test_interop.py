@@ -108,6 +108,8 @@ def test_labelme_round_trip_and_refine_from_a_labelme_folder(scene):
     for f in (root / "lm").rglob("*.json"):
         target = root / "imgs" / f.relative_to(root / "lm")
         target.with_suffix(".json").write_text(f.read_text())
+    bommed = next((root / "imgs").rglob("*.json"))  # one saved with a UTF-8 byte-order mark
+    bommed.write_bytes(b"\xef\xbb\xbf" + bommed.read_bytes())
     back, images_dir, kind = load_annotations(root / "imgs")
     assert kind == "labelme" and images_dir == root / "imgs"
     assert [im["file_name"] for im in back["images"]] == ["cam_a/frame_0001.png", "cam_b/frame_0001.png"]
@@ -214,6 +216,8 @@ def test_yolo_round_trip_and_validate_a_yolo_dataset(scene, monkeypatch):
     label.write_bytes(b"0 0.1 0.1\xff\xfe")
     r = run("validate", root / "yolo")
     assert r.exit_code == 1 and "frame_0001.txt: not UTF-8 text" in r.output, r.output
+    label.write_bytes(b"\xef\xbb\xbf0 0.1 0.1 0.2 0.2 0.3 0.1\n")  # Notepad's UTF-8 byte-order mark
+    assert run("validate", root / "yolo").exit_code == 0
     # a label file whose image is gone: its objects cannot be read, and the user is told so
     label.write_text("0 0.1 0.1 0.2 0.2 0.3 0.1\n")
     (root / "yolo" / "labels" / "cam_b" / "gone.txt").write_text("1 0.1 0.1 0.2 0.2 0.3 0.1\n")

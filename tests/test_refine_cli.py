@@ -483,3 +483,20 @@ def test_mask_threshold_option_and_a_config_change_are_other_runs(weights, tmp_p
     options = job.RefineOptions()
     assert job.fingerprint(src, ckpt, options, "cpu") != job.fingerprint(src, other_ckpt, options, "cpu")
     assert job.fingerprint(src, ckpt, options, "cpu") == job.fingerprint(src, read_checkpoint(weights), options, "cpu")
+
+
+def test_a_coco_file_with_a_byte_order_mark_is_read_and_written_without_it(weights, data):
+    """Windows editors save UTF-8 with a byte-order mark, which json (and so pycocotools) refuses:
+    refine reads such a file with a warning and writes one that pycocotools loads."""
+    src, root = data
+    bom = root / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())
+    r = run("validate", bom)
+    assert r.exit_code == 0 and "byte-order mark" in r.output and "1 warnings" in r.output, r.output
+    out = root / "out.json"
+    r = run("refine", bom, "--images", root, "-o", out, "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 0 and "bom.json: starts with a UTF-8 byte-order mark" in r.output, r.output
+    assert out.read_bytes()[:1] == b"{"
+    assert len(COCO(str(out)).getAnnIds()) == len(json.loads(src.read_text())["annotations"])
+    r = run("evaluate", bom, out)
+    assert r.exit_code == 0, r.output

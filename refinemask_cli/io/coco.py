@@ -31,7 +31,13 @@ class Problem:
         return self.message if self.where == "file" else f"{self.where}: {self.message}"
 
 
-def read_json(path: str | Path) -> Any:
+BOM_NOTE = ("starts with a UTF-8 byte-order mark (as some Windows editors save), which pycocotools "
+            "cannot read; read without it")
+
+
+def read_json(path: str | Path, notes: list | None = None) -> Any:
+    """A JSON file's document; a UTF-8 byte-order mark before it is skipped (``notes`` gets a
+    warning Problem: what this tool writes has none, so its outputs load where the input did not)."""
     p = Path(path)
     if not p.is_file():
         raise CocoError(f"{p}: file not found")
@@ -39,6 +45,10 @@ def read_json(path: str | Path) -> Any:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise CocoError(f"{p}: not UTF-8 text; is this a JSON file?") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+        if notes is not None:
+            notes.append(Problem("warning", "file", BOM_NOTE))
     if not text.strip():
         raise CocoError(f"{p}: file is empty; expected a COCO JSON document")
     try:
@@ -50,7 +60,8 @@ def read_json(path: str | Path) -> Any:
 def read_coco(path: str | Path, notes: list | None = None) -> dict:
     """A COCO dataset document with the top-level structure checked (not the contents), normalised
     the way pycocotools reads it (``normalize_dataset``; what it changed goes to ``notes``)."""
-    doc = read_json(path)
+    bom: list[Problem] = []
+    doc = read_json(path, bom)
     if not isinstance(doc, dict):
         if isinstance(doc, list):
             raise CocoError(f"{path}: this is a COCO results list, not a dataset; "
@@ -64,7 +75,7 @@ def read_coco(path: str | Path, notes: list | None = None) -> dict:
             raise CocoError(f"{path}: '{key}' must be a list, got {type(doc[key]).__name__}")
     changed = normalize_dataset(doc)
     if notes is not None:
-        notes.extend(changed)
+        notes.extend(bom + changed)
     return doc
 
 

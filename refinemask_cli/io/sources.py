@@ -115,7 +115,7 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
     skipped: dict[str, int] = {}
     for json_path in files:
         try:
-            raw = json.loads(json_path.read_text(encoding="utf-8"))
+            raw = json.loads(json_path.read_text(encoding="utf-8-sig"))  # a byte-order mark skipped
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CocoError(f"{json_path}: not a readable LabelMe JSON ({e})") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("shapes"), list):
@@ -289,7 +289,7 @@ def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
             if not label_file.is_file():
                 continue
             try:
-                text = label_file.read_text(encoding="utf-8")
+                text = label_file.read_text(encoding="utf-8-sig")  # a byte-order mark skipped
             except UnicodeDecodeError:
                 raise CocoError(f"{label_file}: not UTF-8 text; a YOLO label file has one "
                                 "'class x1 y1 x2 y2 ...' line per object") from None
