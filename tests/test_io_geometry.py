@@ -196,3 +196,15 @@ def test_polygons_somewhat_outside_the_image_are_still_fine():
 
     assert segmentation_problem([[-900, -900, 1040, 0, 50, 1030]], 40, 50) is None
     assert segmentation_to_mask([[-900, -900, 1040, 0, 50, 1030]], 40, 50).any()
+
+
+def test_image_path_takes_backslashes_as_separators_only_where_the_name_as_written_is_no_file(tmp_path):
+    from refinemask_cli.io.images import image_path
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.png").write_bytes(b"x")
+    assert image_path(tmp_path, "sub\\a.png") == tmp_path / "sub" / "a.png"
+    (tmp_path / "sub\\a.png").write_bytes(b"y")  # on POSIX a backslash may be part of a file's name
+    assert image_path(tmp_path, "sub\\a.png") == tmp_path / "sub\\a.png"
+    assert image_path(tmp_path, "sub\\b.png") == tmp_path / "sub\\b.png"  # neither: the name as written
+    assert image_path(tmp_path, "sub/a.png") == tmp_path / "sub" / "a.png"

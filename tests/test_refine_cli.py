@@ -500,3 +500,29 @@ def test_a_coco_file_with_a_byte_order_mark_is_read_and_written_without_it(weigh
     assert len(COCO(str(out)).getAnnIds()) == len(json.loads(src.read_text())["annotations"])
     r = run("evaluate", bom, out)
     assert r.exit_code == 0, r.output
+
+
+def test_file_names_with_windows_separators_are_found(weights, tmp_path):
+    """A dataset made on Windows names its images 'train\\img_0.png': refine, validate and train find
+    them in the train/ sub-folder (as predict --like and export already did); the file_name is kept."""
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    src = make_dataset(root)
+    doc = json.loads(src.read_text())
+    for im in doc["images"]:
+        (root / im["file_name"]).rename(root / "train" / im["file_name"])
+        im["file_name"] = "train\\" + im["file_name"]
+    src.write_text(json.dumps(doc))
+    assert run("validate", src, "--images", root).exit_code == 0
+    out = root / "out.json"
+    r = run("refine", src, "--images", root, "-o", out, "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert [im["file_name"] for im in json.loads(out.read_text())["images"]] == [im["file_name"] for im in doc["images"]]
+    from refinemask_cli.data.coco_dataset import CocoInstances
+
+    train = CocoInstances(src, root)
+    train.check_files(src)
+    assert train.load(0)[0].shape[:2] == (64, 80)
+    (root / "train" / "img_1.png").unlink()
+    r = run("refine", src, "--images", root, "-o", root / "o2.json", "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 1 and "image 11: file train\\img_1.png not found" in r.output, r.output

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
 from ..io.coco import CocoError, read_coco
-from ..io.images import looks_readable, read_image
+from ..io.images import image_path, looks_readable, read_image
 
 
 class CocoInstances(Dataset):
@@ -65,7 +65,7 @@ class CocoInstances(Dataset):
         training starts, not from inside a loader worker."""
         for i in self.ids:
             name = self.images[i]["file_name"]
-            path = self.images_dir / name
+            path = image_path(self.images_dir, name)
             if not path.is_file():
                 raise CocoError(f"{source}: image {i}: file {name} not found in {self.images_dir}")
             if not looks_readable(path):
@@ -78,7 +78,7 @@ class CocoInstances(Dataset):
     def load(self, idx: int):
         """``(image uint8 HWC, masks (n,H,W) uint8, boxes (n,4) xyxy, labels (n,), image_id)``, no augmentation."""
         info = self.images[self.ids[idx]]
-        img = read_image(self.images_dir / info["file_name"])
+        img = read_image(image_path(self.images_dir, info["file_name"]))
         h, w = img.shape[:2]
         anns = self.anns.get(info["id"], [])
         masks = np.zeros((len(anns), h, w), dtype=np.uint8)

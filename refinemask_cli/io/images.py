@@ -17,6 +17,18 @@ class ImageReadError(ValueError):
     pass
 
 
+def image_path(images_dir: str | Path, file_name: str) -> Path:
+    """Where a dataset's ``file_name`` is read from under ``images_dir``: as written, or, where that
+    is no file and the name has backslashes (a dataset made on Windows, ``train\\a.jpg``), with
+    them taken as folder separators, as ``predict --like`` and ``export`` take them."""
+    path = Path(images_dir) / file_name
+    if "\\" in file_name and not path.is_file():
+        posix = Path(images_dir) / file_name.replace("\\", "/")
+        if posix.is_file():
+            return posix
+    return path
+
+
 def looks_readable(path: str | Path) -> bool:
     """Whether ``path`` is a file whose first bytes one of OpenCV's decoders (the ones ``read_image``
     uses) takes: a cheap check before a long job, not a full decode (a truncated file passes). Where

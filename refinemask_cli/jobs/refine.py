@@ -24,7 +24,7 @@ from ..io.coco import (
     first_error,
     segmentation_kind_safe,
 )
-from ..io.images import ImageReadError, read_image
+from ..io.images import ImageReadError, image_path, read_image
 from ..predictor import InstanceMask, Predictor, RefineSettings
 from .journal import Journal, fingerprint
 from .pipeline import batch_groups, run_pipeline
@@ -286,7 +286,7 @@ def read_checked_image(path: Path, info: dict) -> np.ndarray:
 
 
 def load_checked_image(images_dir: Path, info: dict) -> np.ndarray:
-    return read_checked_image(images_dir / info["file_name"], info)
+    return read_checked_image(image_path(images_dir, info["file_name"]), info)
 
 
 def refine_dataset(
