@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from click.testing import CliRunner
 
 from refinemask_cli.cli import main
-from refinemask_cli.engine.config import TrainConfig, load_train_config
+from refinemask_cli.engine.config import TrainConfig, load_train_config, read_recipe
 from refinemask_cli.engine.run import run_training
 
 from .cocofix import make_dataset
@@ -130,6 +130,11 @@ def test_config_errors_are_one_line(tmp_path):
     (tmp_path / "bad.toml").write_text("iters = [")
     r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "bad.toml")])
     assert r.exit_code == 1 and "not valid TOML" in r.output
+    (tmp_path / "utf16.toml").write_text("iters = 3\n", encoding="utf-16")
+    r = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "utf16.toml")])
+    assert r.exit_code == 1 and "utf16.toml: not UTF-8 text" in r.output, r.output
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfiters = 3\n")  # Notepad's byte-order mark: read
+    assert read_recipe(tmp_path / "bom.toml") == {"iters": 3}
     assert TrainConfig.from_dict({"datasets": [{"json": "a", "images": "b"}], "batch_size": 4}).scaled_lr() == 0.005
     # a value of the wrong type is named with its setting (it raised "'<' not supported between str and int")
     (tmp_path / "types.toml").write_text('iters = "ten"\nlr = true\nseed = 1.5\namp = 1\nmax_size = 800\n'

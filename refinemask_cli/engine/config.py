@@ -193,9 +193,11 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
         chain = " -> ".join(str(q) for q in (*_seen, p.resolve()))
         raise ValueError(f"{p}: recipes extend each other in a loop ({chain})")
     try:
-        d = tomllib.loads(p.read_text())
+        d = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) skipped
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{p}: not valid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not UTF-8 text; a recipe is a TOML file (save it as UTF-8)") from None
     base_name = d.pop("extends", None)
     if base_name is None:
         return d
