@@ -168,6 +168,14 @@ def test_labelme_folder_with_its_images_elsewhere_and_shapes_that_cannot_be_read
     assert r.exit_code == 1 and f"frame_0001.json: shape {label!r}: polygon 0 has points more than" in r.output
     r = edit("x")
     assert r.exit_code == 1 and f"shape {label!r} has points that are not [x, y] pairs" in r.output, r.output
+    # a file that holds its image only as imageData (LabelMe's "save with image data"): said, by file
+    raw = json.loads(json.dumps(good))
+    raw["imageData"] = "aGk="
+    raw["imagePath"] = good["imagePath"].replace("frame_0001.png", "gone.png")
+    path.write_text(json.dumps(raw))
+    r = run("validate", root / "lm", "--images", root / "imgs")
+    assert r.exit_code == 1 and "1 LabelMe file(s) hold their image only as imageData" in r.output, r.output
+    assert "(e.g. cam_a/frame_0001.json)" in r.output and "gone.png not found" in r.output
 
 
 # -- YOLO-seg ----------------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
     images, anns, labels = [], [], set()
     objects: list[tuple[int, str, list[dict], Path]] = []
     skipped: dict[str, int] = {}
+    embedded_only: list[str] = []  # JSONs whose image is only inside them (imageData), not beside them
     for json_path in files:
         try:
             raw = json.loads(json_path.read_text(encoding="utf-8-sig"))  # a byte-order mark skipped
@@ -121,6 +122,8 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
         if not isinstance(raw, dict) or not isinstance(raw.get("shapes"), list):
             raise CocoError(f"{json_path}: not a LabelMe file (no 'shapes' list)")
         file_name, h, w = _labelme_image(json_path, raw, root)
+        if raw.get("imageData") and not (root / file_name).is_file():
+            embedded_only.append(json_path.relative_to(folder).as_posix())
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         groups: dict[tuple, list[dict]] = {}
@@ -137,6 +140,10 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
         for key, shapes in groups.items():
             labels.add(key[0])
             objects.append((image_id, key[0], shapes, json_path))
+    if embedded_only:
+        notes.append(Problem("warning", "file", f"{len(embedded_only)} LabelMe file(s) hold their image only as "
+                                                f"imageData, which refinemask does not read (e.g. {embedded_only[0]}): "
+                                                "save each image as its imagePath beside the JSON to refine them"))
     if skipped:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
         notes.append(Problem("warning", "file", f"LabelMe shapes left out (not areas): {kinds}"))
