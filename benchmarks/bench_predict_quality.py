@@ -84,11 +84,9 @@ def detect(model, gt: dict, images_dir: Path, variant: dict, device: str, precis
     """Every detection (score threshold 0) on the images of ``gt`` as COCO results with RLE masks,
     and the seconds the model took."""
     if variant.get("config"):
-        from refinemask_cli.model import build_model
+        from refinemask_cli.model import with_settings
 
-        m = build_model(model.cfg.replace(**variant["config"]))
-        m.load_state_dict(model.state_dict())
-        model = m.eval()
+        model = with_settings(model, **variant["config"]).eval()
     predictor = Predictor(model, device=device, precision=precision)
     settings = RefineSettings(mode="zoom", flip=bool(variant.get("flip", 0)))
     results, seconds = [], 0.0

@@ -459,7 +459,7 @@ def test_second_zoom_size_through_the_cli(weights, data):
 def test_mask_threshold_option_and_a_config_change_are_other_runs(weights, tmp_path):
     """--mask-threshold reaches the masks; a journal is only resumed with the same weights file,
     config included: a file whose thresholds changed (same tensors) refines differently."""
-    from refinemask_cli.model import build_model
+    from refinemask_cli.model import with_settings
     from refinemask_cli.weights import read_checkpoint, save_checkpoint
 
     src = make_dataset(tmp_path, n_images=2)
@@ -475,9 +475,7 @@ def test_mask_threshold_option_and_a_config_change_are_other_runs(weights, tmp_p
     assert r.exit_code == 0 and "mask threshold" in r.output and "from coarse masks" not in r.output
     model, ckpt = load_model(weights)
     other = tmp_path / "other.pt"
-    other_model = build_model(model.cfg.replace(mask_prompt_threshold=0.3))
-    other_model.load_state_dict(model.state_dict())
-    save_checkpoint(other_model, other)
+    save_checkpoint(with_settings(model, mask_prompt_threshold=0.3), other)
     other_ckpt = read_checkpoint(other)
     assert other_ckpt["sha256"] == ckpt["sha256"] and other_ckpt["config"] != ckpt["config"]
     options = job.RefineOptions()

@@ -21,7 +21,7 @@ from pathlib import Path
 from _meta import parse_meta
 
 from refinemask_cli.engine.evaluate import predict_defaults
-from refinemask_cli.model import build_model
+from refinemask_cli.model import with_settings
 from refinemask_cli.model.config import INFERENCE_SETTINGS, inference_changes
 from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
 from refinemask_cli.weights.checkpoint import averaged_meta
@@ -44,8 +44,7 @@ def main() -> None:
         raise ValueError(f"--variant {args.variant!r}: {', '.join(rest)} cannot be stored in weights "
                          f"(only {', '.join(INFERENCE_SETTINGS)})")
     model, ckpts = average_weights(args.runs)
-    shipped = build_model(model.cfg.replace(**{"mask_scoring": True, **changes}))
-    shipped.load_state_dict(model.state_dict())
+    shipped = with_settings(model, **{"mask_scoring": True, **changes})
     best = res["best"]
     meta = {**averaged_meta(args.runs, ckpts), **parse_meta(args.meta)}
     defaults = predict_defaults([best])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _meta import parse_meta
 
-from refinemask_cli.model import build_model
+from refinemask_cli.model import with_settings
 from refinemask_cli.model.config import INFERENCE_SETTINGS, inference_changes
 from refinemask_cli.weights import WeightsError, average_weights, save_checkpoint
 from refinemask_cli.weights.checkpoint import averaged_meta, detector_trained
@@ -42,9 +42,7 @@ def main() -> None:
         raise ValueError(f"--set {', '.join(rest)}: not an inference setting (one of {', '.join(INFERENCE_SETTINGS)})")
     model, ckpts = average_weights(args.runs)
     if changes:
-        changed = build_model(model.cfg.replace(**changes))
-        changed.load_state_dict(model.state_dict())
-        model = changed
+        model = with_settings(model, **changes)
     for path, ckpt in zip(args.runs, ckpts):
         if detector_trained(ckpt.get("meta", {})):
             raise ValueError(f"{path}: its detector was trained (a predict file?); the refine default "

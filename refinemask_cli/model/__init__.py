@@ -1,6 +1,6 @@
 """Pure model code: torch and torchvision only, no file IO, no printing."""
 from .config import ModelConfig
 from .detector import RefineMaskRCNN
-from .factory import build_model
+from .factory import build_model, with_settings
 
-__all__ = ["ModelConfig", "RefineMaskRCNN", "build_model"]
+__all__ = ["ModelConfig", "RefineMaskRCNN", "build_model", "with_settings"]

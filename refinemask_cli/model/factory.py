@@ -47,3 +47,11 @@ def build_model(cfg: ModelConfig) -> RefineMaskRCNN:
     )
     transform = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, list(cfg.image_mean), list(cfg.image_std))
     return RefineMaskRCNN(cfg, backbone, rpn, roi_heads, transform)
+
+
+def with_settings(model: RefineMaskRCNN, **changes) -> RefineMaskRCNN:
+    """A copy of ``model`` (its tensors) whose config has ``changes``: inference settings such as the
+    input size or the mask thresholds, which decide how the same tensors are run."""
+    changed = build_model(model.cfg.replace(**changes))
+    changed.load_state_dict(model.state_dict())
+    return changed
