@@ -168,14 +168,65 @@ def test_labelme_folder_with_its_images_elsewhere_and_shapes_that_cannot_be_read
     assert r.exit_code == 1 and f"frame_0001.json: shape {label!r}: polygon 0 has points more than" in r.output
     r = edit("x")
     assert r.exit_code == 1 and f"shape {label!r} has points that are not [x, y] pairs" in r.output, r.output
-    # a file that holds its image only as imageData (LabelMe's "save with image data"): said, by file
+    # imageData that is no image, for an image that is not there: named by file, nothing else said
     raw = json.loads(json.dumps(good))
     raw["imageData"] = "aGk="
     raw["imagePath"] = good["imagePath"].replace("frame_0001.png", "gone.png")
     path.write_text(json.dumps(raw))
     r = run("validate", root / "lm", "--images", root / "imgs")
-    assert r.exit_code == 1 and "1 LabelMe file(s) hold their image only as imageData" in r.output, r.output
-    assert "(e.g. cam_a/frame_0001.json)" in r.output and "gone.png not found" in r.output
+    assert r.exit_code == 1 and "frame_0001.json: " in r.output and "gone.png is not there and its imageData is " \
+        "not a readable image" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_labelme_files_that_hold_their_image_only_as_image_data(scene):
+    """LabelMe's "save with image data" without the image files: validate, refine and export read the
+    images from the JSONs (the same result as with the files), export keeps them (YOLO images/,
+    LabelMe imageData), and the user is told a COCO output names files that are not there."""
+    import base64
+    import shutil
+
+    root, doc = scene
+    assert run("export", root / "data.json", "--to", "labelme", "-o", root / "lm").exit_code == 0
+    beside = root / "beside"  # LabelMe's own layout: JSONs beside their images
+    shutil.copytree(root / "imgs", beside)
+    emb = root / "emb"  # the same JSONs with imageData and no image files
+    for f in (root / "lm").rglob("*.json"):
+        rel = f.relative_to(root / "lm")
+        (beside / rel).write_text(f.read_text())
+        raw = json.loads(f.read_text())
+        raw["imageData"] = base64.b64encode((root / "imgs" / rel).with_suffix(".png").read_bytes()).decode()
+        (emb / rel).parent.mkdir(parents=True, exist_ok=True)
+        (emb / rel).write_text(json.dumps(raw))
+    assert not list(emb.rglob("*.png"))
+    r = run("validate", emb)
+    assert r.exit_code == 0, r.output
+    assert "2 LabelMe file(s) hold their image only as imageData (e.g. cam_a/frame_0001.json): read from " \
+           "there" in r.output
+    w = tiny_weights(root / "w.pt", train_steps=2)
+    outs = {}
+    for name, folder in (("beside", beside), ("emb", emb)):
+        r = run("refine", folder, "-o", root / f"{name}.json", "--weights", w, "--device", "cpu", "--no-flip")
+        assert r.exit_code == 0, r.output
+        outs[name] = json.loads((root / f"{name}.json").read_text())
+    assert len(outs["emb"]["annotations"]) == len(doc["annotations"])
+    assert outs["emb"]["annotations"] == outs["beside"]["annotations"]  # the same pixels were read
+    # YOLO: images/ gets the held bytes, as it gets the files
+    r = run("export", emb, "--to", "yolo-seg", "-o", root / "yolo")
+    assert r.exit_code == 0, r.output
+    for im in doc["images"]:
+        assert (root / "yolo" / "images" / im["file_name"]).read_bytes() == (root / "imgs" / im["file_name"]).read_bytes()
+    # LabelMe: the JSONs keep the image as imageData, and open in LabelMe without the files
+    r = run("export", emb, "--to", "labelme", "-o", root / "lm2")
+    assert r.exit_code == 0, r.output
+    for f in sorted((root / "lm2").rglob("*.json")):
+        raw = json.loads(f.read_text())
+        original = (root / "imgs" / f.relative_to(root / "lm2")).with_suffix(".png")
+        assert base64.b64decode(raw["imageData"]) == original.read_bytes()
+    label_file = pytest.importorskip("labelme._label_file", reason="labelme >= 6 not installed")
+    for f in sorted((root / "lm2").rglob("*.json")):
+        lf = label_file.LabelFile(str(f))
+        assert lf.image_data and len(lf.shapes) > 0
 
 
 # -- YOLO-seg ----------------------------------------------------------------------------------------
@@ -183,7 +234,7 @@ def test_yolo_export_passes_ultralytics_dataset_check(scene):
     pytest.importorskip("ultralytics", reason="ultralytics not installed")
     from ultralytics.data.utils import check_det_dataset, img2label_paths
 
-    root, doc = scene
+    root, _doc = scene
     r = run("export", root / "data.json", "--to", "yolo-seg", "-o", root / "yolo", "--images", root / "imgs")
     assert r.exit_code == 0, r.output
     data = check_det_dataset(str(root / "yolo" / "data.yaml"))

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
 from ..io.coco import CocoError, read_coco
-from ..io.images import image_path, looks_readable, read_image
+from ..io.images import image_exists, image_path, looks_readable, read_image
 
 
 class CocoInstances(Dataset):
@@ -66,7 +66,7 @@ class CocoInstances(Dataset):
         for i in self.ids:
             name = self.images[i]["file_name"]
             path = image_path(self.images_dir, name)
-            if not path.is_file():
+            if not image_exists(path):
                 raise CocoError(f"{source}: image {i}: file {name} not found in {self.images_dir}")
             if not looks_readable(path):
                 raise CocoError(f"{source}: image {i}: {path} is not a readable image (corrupt or unsupported "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..geometry.masks import finite_number, segmentation_kind, segmentation_problem
-from .images import image_path
+from .images import image_exists, image_path
 
 
 class CocoError(ValueError):
@@ -194,7 +194,7 @@ def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Probl
             problems.append(Problem("error", f"image {img_id}", f"width/height must be positive integers, got {w!r}/{h!r}"))
         if not isinstance(img.get("file_name"), str) or not img.get("file_name"):
             problems.append(Problem("error", f"image {img_id}", "missing 'file_name'"))
-        elif images_dir is not None and not image_path(images_dir, img["file_name"]).is_file():
+        elif images_dir is not None and not image_exists(image_path(images_dir, img["file_name"])):
             problems.append(Problem("error", f"image {img_id}",
                                     f"file {img['file_name']} not found in {images_dir}"))
     for ann_id, ann in anns.items():

@@ -2,6 +2,11 @@
 
 Grayscale is replicated to three channels, alpha is dropped, 16-bit is scaled to 8-bit, and the
 EXIF orientation is applied (OpenCV does this for colour reads).
+
+Images may also be *held*: encoded image bytes kept in memory under the path the file would have, for
+LabelMe files that carry their image only as ``imageData``. ``read_image``, ``image_exists`` and
+``looks_readable`` take a held image where no file is, so every command that reads a dataset's images
+reads these too; ``held_image`` gives the bytes (export writes them out).
 """
 from __future__ import annotations
 
@@ -17,14 +22,38 @@ class ImageReadError(ValueError):
     pass
 
 
+_HELD: dict[Path, bytes] = {}
+
+
+def _key(path: str | Path) -> Path:
+    return Path(path).resolve()
+
+
+def hold_image(path: str | Path, data: bytes) -> None:
+    """Keep ``data`` (an encoded image file) as the image at ``path``, where no file is."""
+    _HELD[_key(path)] = data
+
+
+def held_image(path: str | Path) -> bytes | None:
+    """The bytes held for ``path`` (``None`` where there is a file there, or nothing held)."""
+    if not _HELD or Path(path).is_file():
+        return None
+    return _HELD.get(_key(path))
+
+
+def image_exists(path: str | Path) -> bool:
+    """A file at ``path``, or an image held for it."""
+    return Path(path).is_file() or held_image(path) is not None
+
+
 def image_path(images_dir: str | Path, file_name: str) -> Path:
     """Where a dataset's ``file_name`` is read from under ``images_dir``: as written, or, where that
     is no file and the name has backslashes (a dataset made on Windows, ``train\\a.jpg``), with
     them taken as folder separators, as ``predict --like`` and ``export`` take them."""
     path = Path(images_dir) / file_name
-    if "\\" in file_name and not path.is_file():
+    if "\\" in file_name and not image_exists(path):
         posix = Path(images_dir) / file_name.replace("\\", "/")
-        if posix.is_file():
+        if image_exists(posix):
             return posix
     return path
 
@@ -35,9 +64,9 @@ def looks_readable(path: str | Path) -> bool:
     OpenCV cannot open the path itself (non-ASCII names on Windows) it decodes the file as
     ``read_image`` does, so no readable image is refused."""
     p = Path(path)
-    if not p.is_file():
+    if not image_exists(p):
         return False
-    if cv2.haveImageReader(str(p)):
+    if p.is_file() and cv2.haveImageReader(str(p)):
         return True
     try:
         read_image(p)
@@ -48,9 +77,12 @@ def looks_readable(path: str | Path) -> bool:
 
 def read_image(path: str | Path) -> np.ndarray:
     p = Path(path)
-    if not p.is_file():
+    if p.is_file():
+        data = np.fromfile(str(p), dtype=np.uint8)
+    elif (held := held_image(p)) is not None:
+        data = np.frombuffer(held, dtype=np.uint8)
+    else:
         raise ImageReadError(f"{p}: image file not found")
-    data = np.fromfile(str(p), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
     if img is None:
         raise ImageReadError(f"{p}: not a readable image (corrupt or unsupported format)")

@@ -26,7 +26,7 @@ from ..geometry import encode_rle, mask_bbox, segmentation_to_mask
 from ..geometry.masks import segmentation_problem
 from ..geometry.polygons import ring_area
 from .coco import CocoError, Problem, read_coco
-from .images import SUFFIXES, ImageReadError, read_image
+from .images import SUFFIXES, ImageReadError, hold_image, read_image
 
 KINDS = ("coco", "labelme", "yolo")
 
@@ -66,8 +66,9 @@ def load_annotations(path: str | Path, notes: list | None = None,
 
 
 # -- LabelMe ------------------------------------------------------------------------------------
-def _labelme_image(json_path: Path, raw: dict, root: Path) -> tuple[str, int, int]:
-    """The image's file name relative to ``root`` and its size, checked."""
+def _labelme_image(json_path: Path, raw: dict, root: Path) -> tuple[str, int, int, bool]:
+    """The image's file name relative to ``root``, its size, and whether it is read from the JSON's
+    ``imageData`` (held in memory, ``io.images``) because no file is at its ``imagePath``."""
     image_path = raw.get("imagePath")
     if not isinstance(image_path, str) or not image_path:
         raise CocoError(f"{json_path}: no imagePath; LabelMe files name their image")
@@ -77,13 +78,23 @@ def _labelme_image(json_path: Path, raw: dict, root: Path) -> tuple[str, int, in
     except ValueError:
         raise CocoError(f"{json_path}: imagePath {image_path!r} lies outside {root}; keep the images inside "
                         "the LabelMe folder, or pass --images with the folder that holds them") from None
+    embedded = bool(raw.get("imageData")) and not target.is_file()
+    if embedded:  # LabelMe's "save with image data": the encoded image file, base64
+        try:
+            data = base64.b64decode(raw["imageData"], validate=False)
+        except (TypeError, ValueError):
+            data = b""
+        if not data or cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) is None:
+            raise CocoError(f"{json_path}: {image_path} is not there and its imageData is not a readable image; "
+                            "put the image at its imagePath, or save the file again in LabelMe")
+        hold_image(target, data)
     h, w = raw.get("imageHeight"), raw.get("imageWidth")
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         try:
             h, w = read_image(target).shape[:2]
         except ImageReadError as e:
             raise CocoError(f"{json_path}: no imageHeight/imageWidth and the image cannot be read ({e})") from None
-    return PurePosixPath(rel).as_posix(), int(h), int(w)
+    return PurePosixPath(rel).as_posix(), int(h), int(w), embedded
 
 
 def _decode_png_b64(text: str) -> np.ndarray:
@@ -121,8 +132,8 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
             raise CocoError(f"{json_path}: not a readable LabelMe JSON ({e})") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("shapes"), list):
             raise CocoError(f"{json_path}: not a LabelMe file (no 'shapes' list)")
-        file_name, h, w = _labelme_image(json_path, raw, root)
-        if raw.get("imageData") and not (root / file_name).is_file():
+        file_name, h, w, embedded = _labelme_image(json_path, raw, root)
+        if embedded:
             embedded_only.append(json_path.relative_to(folder).as_posix())
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
@@ -140,10 +151,11 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
         for key, shapes in groups.items():
             labels.add(key[0])
             objects.append((image_id, key[0], shapes, json_path))
-    if embedded_only:
+    if embedded_only:  # said: a COCO output will name image files that are not there
         notes.append(Problem("warning", "file", f"{len(embedded_only)} LabelMe file(s) hold their image only as "
-                                                f"imageData, which refinemask does not read (e.g. {embedded_only[0]}): "
-                                                "save each image as its imagePath beside the JSON to refine them"))
+                                                f"imageData (e.g. {embedded_only[0]}): read from there, but a COCO "
+                                                "output names image files that do not exist; save the images at "
+                                                "their imagePath for other tools"))
     if skipped:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
         notes.append(Problem("warning", "file", f"LabelMe shapes left out (not areas): {kinds}"))

@@ -5,6 +5,7 @@ Each converter returns what it made plus ``Loss`` notes for what the target form
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from ..geometry import encode_rle, mask_to_outline, segmentation_to_mask
 from ..geometry.masks import finite_number
 from ..geometry.polygons import ring_area
 from ..io.coco import CocoError, segmentation_kind_safe
+from ..io.images import held_image, image_exists
 from .paths import safe_relative, with_suffix
 
 
@@ -178,6 +180,11 @@ def labelme_files(doc: dict, images_dir: Path | None, out_dir: Path) -> tuple[di
         else:
             paths[im["id"]] = Path(os.path.relpath(images_dir / rel, out_dir / targets[im["id"]].parent)).as_posix()
     docs, losses = to_labelme(doc, paths)
+    if images_dir is not None:  # images read from a LabelMe file's imageData go on in the same way
+        for im in doc["images"]:
+            held = held_image(images_dir / im["file_name"])
+            if held is not None:
+                docs[im["id"]]["imageData"] = base64.b64encode(held).decode("ascii")
     if images_dir is None and doc["images"]:
         losses.notes.append("no --images: each imagePath assumes the image sits beside its JSON (LabelMe's own "
                             "layout); pass --images DIR to point at the images instead")
@@ -265,14 +272,15 @@ def to_yolo_seg(doc: dict) -> tuple[dict[int, str], list[str], Losses]:
     return {i: "\n".join(v) + ("\n" if v else "") for i, v in lines.items()}, [c["name"] for c in cats], losses
 
 
-def yolo_dataset(doc: dict, images_dir: Path | None) -> tuple[dict[str, str], dict[str, Path], Losses]:
+def yolo_dataset(doc: dict, images_dir: Path | None) -> tuple[dict[str, str], dict[str, Path | bytes], Losses]:
     """An Ultralytics dataset: ``data.yaml``, ``labels/`` mirroring the images' folders and, with
-    ``images_dir``, ``images/`` (files to copy: ``{relative path: source}``)."""
+    ``images_dir``, ``images/`` (files to copy: ``{relative path: source file, or the bytes of an image
+    held in memory}``)."""
     texts, names, losses = to_yolo_seg(doc)
     if not names:
         raise CocoError("no categories to make YOLO classes of; a YOLO dataset needs at least one")
     files: dict[str, str] = {}
-    copies: dict[str, Path] = {}
+    copies: dict[str, Path | bytes] = {}
     labels = {im["id"]: with_suffix(im["file_name"], ".txt", f"image {im['id']}") for im in doc["images"]}
     _check_unique(labels, "YOLO label file")
     for im in doc["images"]:
@@ -280,9 +288,10 @@ def yolo_dataset(doc: dict, images_dir: Path | None) -> tuple[dict[str, str], di
         files[f"labels/{labels[im['id']]}"] = texts[im["id"]]
         if images_dir is not None:
             src = images_dir / rel
-            if not src.is_file():
+            if not image_exists(src):
                 raise CocoError(f"image {im['id']}: {src} not found; --images must hold the dataset's file_names")
-            copies[f"images/{rel}"] = src
+            held = held_image(src)
+            copies[f"images/{rel}"] = src if held is None else held
     if images_dir is None and doc["images"]:
         losses.notes.append("no --images: labels/ written without images/; pass --images DIR to add the images "
                             "(hard-linked or copied) as Ultralytics expects")
@@ -293,9 +302,11 @@ def yolo_dataset(doc: dict, images_dir: Path | None) -> tuple[dict[str, str], di
     return files, copies, losses
 
 
-def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool, copies: dict[str, Path] | None = None) -> None:
+def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool,
+                     copies: dict[str, Path | bytes] | None = None) -> None:
     """Write ``{relative name: text}`` (and ``copies``: ``{relative name: source file}``, hard-linked
-    where the file system allows, else copied) into a new folder that replaces ``out_dir`` in one rename."""
+    where the file system allows, else copied, or the bytes to write) into a new folder that replaces
+    ``out_dir`` in one rename."""
     if out_dir.exists() and not overwrite:
         raise ValueError(f"{out_dir} exists; pass --overwrite to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +319,9 @@ def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool, copi
         for name, src in (copies or {}).items():
             p = tmp / name
             p.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, bytes):
+                p.write_bytes(src)
+                continue
             try:
                 os.link(src, p)
             except OSError:
