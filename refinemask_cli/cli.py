@@ -239,8 +239,11 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @click.argument("input_json", type=click.Path(path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder the JSON's file_name entries are relative to.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Refined COCO JSON to write.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Refined COCO JSON to write (a folder with --format labelme or yolo-seg).")
+@click.option("--format", "fmt", type=click.Choice(["coco", "labelme", "yolo-seg"]), default="coco",
+              show_default=True, help="coco: the dataset as a COCO JSON; labelme: one JSON per image, to correct in "
+                                      "LabelMe; yolo-seg: an Ultralytics dataset (data.yaml, images/, labels/).")
 @weights_option
 @device_option
 @precision_option
@@ -265,7 +268,7 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (and discard an old journal).")
 @refine_settings_options
 @handle_errors
-def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | None, device: str, precision: str,
+def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: Path | None, device: str, precision: str,
            batch_size: int | None, prompt: str,
            output_format: str, simplify: float, min_agreement: float | None, regress_boxes: bool,
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
@@ -299,6 +302,11 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
             raise click.UsageError("--images is required for a COCO file (LabelMe and YOLO inputs carry their own)")
         if not images_dir.is_dir():
             raise UserError(f"{images_dir}: images folder not found")
+        if fmt == "coco" and output.is_dir():
+            raise UserError(f"{output} is a folder; name a JSON file for -o, or pass --format labelme or yolo-seg")
+        from .jobs.formats import check_folder_output
+
+        check_folder_output(doc, fmt)  # file names the format cannot hold: said now, not after the job
         if vis_dir is not None:
             check_overlay_paths(doc)
         predictor, ckpt = make_predictor(weights, device, precision, batch_size, canvas=canvas)
@@ -339,8 +347,12 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
 
             out, rows, stats = job.refine_dataset(doc, images_dir, predictor, options, journal, resume, on_image,
                                                   on_result, shard)
+        losses = None
         if shard.is_main:
-            write_json_atomic(out, output, overwrite=True)
+            if fmt == "coco":
+                write_json_atomic(out, output, overwrite=True)
+            else:
+                losses = write_folder(out, output, fmt, images_dir)
             if report:
                 write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
         shard.barrier()  # the journals go only once the output is written
@@ -360,8 +372,10 @@ def refine(input_json: Path, images_dir: Path, output: Path, weights: Path | Non
             ("mask threshold", threshold_note(predictor, options.mask_threshold)),
             ("flags", ", ".join(f"{k} {v}" for k, v in sorted(stats.flags.items())) or "none"),
             ("time", f"{elapsed:.1f} s ({stats.annotations / max(elapsed, 1e-9):.1f} instances/s)"),
-            ("output", str(output)),
+            ("output", f"{output} ({fmt})"),
         ]
+        for line in (losses.lines(fmt) if losses else []):
+            warn(line)
         console.print(summary_table("refinemask refine", table_rows))
         if not rows:
             warn(f"{input_json}: no non-crowd annotations to refine; the output equals the input")
@@ -376,12 +390,18 @@ def threshold_note(predictor, given: float | None) -> str:
     return f"{predictor.threshold:g} from boxes, {predictor.mask_prompt_threshold:g} from coarse masks"
 
 
-def write_labelme(doc: dict, out_dir: Path, images_dir: Path | None, overwrite: bool):
+def write_folder(doc: dict, out_dir: Path, fmt: str, images_dir: Path | None):
+    """Write ``doc`` as a LabelMe folder or a YOLO-seg dataset at ``out_dir`` in one rename (an
+    existing one replaced: callers refuse without --overwrite first); what the format lost."""
     from .io.coco import dumps
     from .jobs import formats
 
-    files, losses = formats.labelme_files(doc, images_dir, out_dir)
-    formats.write_dir_atomic({name: dumps(d) for name, d in files.items()}, out_dir, overwrite)
+    if fmt == "labelme":
+        files, losses = formats.labelme_files(doc, images_dir, out_dir)
+        formats.write_dir_atomic({name: dumps(d) for name, d in files.items()}, out_dir, overwrite=True)
+    else:
+        texts, copies, losses = formats.yolo_dataset(doc, images_dir)
+        formats.write_dir_atomic(texts, out_dir, overwrite=True, copies=copies)
     return losses
 
 
@@ -510,7 +530,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
         results, losses = formats.to_coco_results(doc)
         write_json_atomic(results, output, overwrite=True)
     else:
-        losses = write_labelme(doc, output, images_dir, overwrite=True)
+        losses = write_folder(doc, output, fmt, images_dir)
     for line in (losses.lines(fmt) if losses else []):
         warn(line)
     elapsed = time.perf_counter() - t0
@@ -550,11 +570,8 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
     elif target == "coco":
         converted, losses = formats.to_polygon_coco(doc)
         write_json_atomic(converted, output, overwrite=True)
-    elif target == "labelme":
-        losses = write_labelme(doc, output, images_dir, overwrite=True)
     else:
-        files, copies, losses = formats.yolo_dataset(doc, images_dir)
-        formats.write_dir_atomic(files, output, overwrite=True, copies=copies)
+        losses = write_folder(doc, output, target, images_dir)
     for line in losses.lines(target):
         warn(line)
     console.print(f"wrote {output} ({target}, {len(doc['images'])} images, {len(doc['annotations'])} annotations)")

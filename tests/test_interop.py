@@ -284,6 +284,80 @@ def test_yolo_round_trip_and_validate_a_yolo_dataset(scene, monkeypatch):
     assert r.exit_code == 0 and "1 label file(s) in" in r.output and "(e.g. gone.txt); their objects are left out" in r.output
 
 
+def test_refine_writes_labelme_and_yolo_seg_back(scene):
+    """refine --format labelme / yolo-seg: the refined dataset in the user's own format, the same
+    objects as the COCO output (LabelMe opens it; Ultralytics takes the dataset); file names the
+    format cannot hold are refused before the job, with nothing written."""
+    root, doc = scene
+    w = tiny_weights(root / "w.pt", train_steps=2)
+    common = ("--images", root / "imgs", "--weights", w, "--device", "cpu", "--no-flip")
+    r = run("refine", root / "data.json", "-o", root / "refined.json", *common)
+    assert r.exit_code == 0, r.output
+    coco = json.loads((root / "refined.json").read_text())
+    refined = masks_of(coco)
+
+    r = run("refine", root / "data.json", "-o", root / "lm", "--format", "labelme", *common)
+    assert r.exit_code == 0, r.output
+    assert "(labelme)" in r.output
+    back, _, _ = load_annotations(root / "lm", images_dir=root / "imgs")  # imagePath points at imgs/
+    assert len(back["annotations"]) == len(coco["annotations"])
+    after = list(masks_of(back).values())
+    for m in refined.values():  # every refined mask comes back (RLE traced to polygons where no holes)
+        assert max((m & a).sum() / max((m | a).sum(), 1) for a in after) > 0.9
+    label_file = pytest.importorskip("labelme._label_file", reason="labelme >= 6 not installed")
+    for f in sorted((root / "lm").rglob("*.json")):
+        assert label_file.LabelFile(str(f)).image_data
+
+    r = run("refine", root / "data.json", "-o", root / "yolo", "--format", "yolo-seg", *common)
+    assert r.exit_code == 0, r.output
+    assert "(yolo-seg)" in r.output
+    back, _, kind = load_annotations(root / "yolo")
+    assert kind == "yolo" and len(back["images"]) == 2
+    assert len(back["annotations"]) == len(coco["annotations"])
+    assert all("segmentation" in a for a in back["annotations"])  # the box-only object came back a polygon
+
+    (root / "coco_dir").mkdir()
+    r = run("refine", root / "data.json", "-o", root / "coco_dir", "--overwrite", *common)
+    assert r.exit_code == 1 and "is a folder; name a JSON file for -o" in r.output, r.output
+    doc["images"][1]["file_name"] = "cam_a/frame_0001.jpg"  # the same JSON / label file as image 5's
+    (root / "clash.json").write_text(json.dumps(doc))
+    (root / "imgs" / "cam_a" / "frame_0001.jpg").write_bytes((root / "imgs" / "cam_b" / "frame_0001.png").read_bytes())
+    for fmt in ("labelme", "yolo-seg"):
+        r = run("refine", root / "clash.json", "-o", root / f"clash_{fmt}", "--format", fmt, *common)
+        assert r.exit_code == 1 and "image 6" in r.output and "would overwrite image 5's" in r.output, r.output
+        assert "refinemask refine" not in r.output and not (root / f"clash_{fmt}").exists()
+
+
+def test_yolo_labels_sit_where_ultralytics_looks_for_them(scene):
+    """A YOLO dataset exported again (file names images/...) is not nested as images/images/, and
+    an image under a folder named images anywhere in its path gets its label where Ultralytics'
+    rule (the last images/ made labels/) finds it; read back, every object is there."""
+    root, doc = scene
+    assert run("export", root / "data.json", "--to", "yolo-seg", "-o", root / "y1", "--images",
+               root / "imgs").exit_code == 0
+    r = run("export", root / "y1", "--to", "yolo-seg", "-o", root / "y2")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.relative_to(root / "y2").as_posix() for p in (root / "y2").rglob("*") if p.is_file()) == [
+        "data.yaml", "images/cam_a/frame_0001.png", "images/cam_b/frame_0001.png",
+        "labels/cam_a/frame_0001.txt", "labels/cam_b/frame_0001.txt"]
+    (root / "imgs" / "cam_a" / "images").mkdir()
+    os.replace(root / "imgs" / "cam_a" / "frame_0001.png", root / "imgs" / "cam_a" / "images" / "frame_0001.png")
+    doc["images"][0]["file_name"] = "cam_a/images/frame_0001.png"
+    (root / "inner.json").write_text(json.dumps(doc))
+    assert run("export", root / "inner.json", "--to", "yolo-seg", "-o", root / "y3", "--images",
+               root / "imgs").exit_code == 0
+    assert (root / "y3" / "images" / "cam_a" / "labels" / "frame_0001.txt").is_file()
+    for folder in ("y1", "y2", "y3"):
+        back, _, _ = load_annotations(root / folder)
+        assert len(back["annotations"]) == len(doc["annotations"]), folder
+    try:
+        from ultralytics.data.utils import img2label_paths
+    except ImportError:
+        return
+    imgs = sorted(str(p) for p in (root / "y3" / "images").rglob("*.png"))
+    assert all(Path(label).is_file() for label in img2label_paths(imgs))
+
+
 @pytest.mark.parametrize("target", ["yolo-seg", "labelme"])
 @pytest.mark.parametrize("name", ["../escape.png", "/abs/x.png", "a/../../b.png"])
 def test_exporters_refuse_file_names_outside_the_folder(scene, target, name):

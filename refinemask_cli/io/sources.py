@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import cv2
@@ -271,13 +271,14 @@ def _image_folders(data: dict, root: Path, path: Path) -> list[Path]:
     return folders
 
 
-def label_path_for(image: Path) -> Path:
-    """Ultralytics' rule: the last ``/images/`` of the path becomes ``/labels/``, suffix ``.txt``."""
+def label_path_for(image: PurePath) -> PurePath:
+    """Ultralytics' rule: the last ``/images/`` of the path becomes ``/labels/``, suffix ``.txt``
+    (the same kind of path back)."""
     parts = list(image.parts)
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == "images":
             parts[i] = "labels"
-            return Path(*parts).with_suffix(".txt")
+            return type(image)(*parts).with_suffix(".txt")
     return image.with_suffix(".txt")
 
 

@@ -21,6 +21,7 @@ from ..geometry.masks import finite_number
 from ..geometry.polygons import ring_area
 from ..io.coco import CocoError, segmentation_kind_safe
 from ..io.images import held_image, image_exists
+from ..io.sources import label_path_for
 from .paths import safe_relative, with_suffix
 
 
@@ -171,7 +172,7 @@ def labelme_files(doc: dict, images_dir: Path | None, out_dir: Path) -> tuple[di
     """``{JSON path under out_dir: LabelMe document}``: the images' folders mirrored, each
     ``imagePath`` relative to its JSON. Without ``images_dir`` the image is taken to sit beside its
     JSON (LabelMe's own layout), noted in the losses."""
-    targets = {im["id"]: with_suffix(im["file_name"], ".json", f"image {im['id']}") for im in doc["images"]}
+    targets = _labelme_targets(doc)
     paths = {}
     for im in doc["images"]:
         rel = safe_relative(im["file_name"], f"image {im['id']}")
@@ -188,8 +189,41 @@ def labelme_files(doc: dict, images_dir: Path | None, out_dir: Path) -> tuple[di
     if images_dir is None and doc["images"]:
         losses.notes.append("no --images: each imagePath assumes the image sits beside its JSON (LabelMe's own "
                             "layout); pass --images DIR to point at the images instead")
-    _check_unique(targets, "LabelMe JSON")
     return {str(targets[i]): d for i, d in docs.items()}, losses
+
+
+def _labelme_targets(doc: dict) -> dict[int, PurePosixPath]:
+    """Each image's LabelMe JSON path (its file name's folders mirrored), checked."""
+    targets = {im["id"]: with_suffix(im["file_name"], ".json", f"image {im['id']}") for im in doc["images"]}
+    _check_unique(targets, "LabelMe JSON")
+    return targets
+
+
+def _yolo_paths(doc: dict) -> dict[int, tuple[PurePosixPath, PurePosixPath]]:
+    """Each image's path in a YOLO dataset and its label file's, where Ultralytics looks for it (the
+    last ``images`` folder of the image's path made ``labels``), checked, and a class to write. The
+    image's folders are mirrored under ``images/``, less a leading ``images/`` of its own (a YOLO
+    dataset's file names, or a COCO set kept in ``images/``), which would nest ``images/images/``."""
+    if not yolo_classes(doc):
+        raise CocoError("no categories to make YOLO classes of; a YOLO dataset needs at least one")
+    paths = {}
+    for im in doc["images"]:
+        rel = safe_relative(im["file_name"], f"image {im['id']}")
+        if len(rel.parts) > 1 and rel.parts[0] == "images":
+            rel = PurePosixPath(*rel.parts[1:])
+        image = PurePosixPath("images") / rel
+        paths[im["id"]] = (image, label_path_for(image))
+    _check_unique({i: label for i, (_, label) in paths.items()}, "YOLO label file")
+    return paths
+
+
+def check_folder_output(doc: dict, target: str) -> None:
+    """The ``CocoError`` writing ``doc`` as ``target`` (``labelme``, ``yolo-seg``) would meet over its
+    file names and categories, raised before a long job rather than after it."""
+    if target == "labelme":
+        _labelme_targets(doc)
+    elif target == "yolo-seg":
+        _yolo_paths(doc)
 
 
 def _check_unique(targets: dict[int, PurePosixPath], what: str) -> None:
@@ -276,22 +310,19 @@ def yolo_dataset(doc: dict, images_dir: Path | None) -> tuple[dict[str, str], di
     """An Ultralytics dataset: ``data.yaml``, ``labels/`` mirroring the images' folders and, with
     ``images_dir``, ``images/`` (files to copy: ``{relative path: source file, or the bytes of an image
     held in memory}``)."""
+    paths = _yolo_paths(doc)
     texts, names, losses = to_yolo_seg(doc)
-    if not names:
-        raise CocoError("no categories to make YOLO classes of; a YOLO dataset needs at least one")
     files: dict[str, str] = {}
     copies: dict[str, Path | bytes] = {}
-    labels = {im["id"]: with_suffix(im["file_name"], ".txt", f"image {im['id']}") for im in doc["images"]}
-    _check_unique(labels, "YOLO label file")
     for im in doc["images"]:
-        rel = safe_relative(im["file_name"], f"image {im['id']}")
-        files[f"labels/{labels[im['id']]}"] = texts[im["id"]]
+        image, label = paths[im["id"]]
+        files[str(label)] = texts[im["id"]]
         if images_dir is not None:
-            src = images_dir / rel
+            src = images_dir / safe_relative(im["file_name"], f"image {im['id']}")
             if not image_exists(src):
                 raise CocoError(f"image {im['id']}: {src} not found; --images must hold the dataset's file_names")
             held = held_image(src)
-            copies[f"images/{rel}"] = src if held is None else held
+            copies[str(image)] = src if held is None else held
     if images_dir is None and doc["images"]:
         losses.notes.append("no --images: labels/ written without images/; pass --images DIR to add the images "
                             "(hard-linked or copied) as Ultralytics expects")
@@ -341,6 +372,7 @@ def write_dir_atomic(files: dict[str, str], out_dir: Path, overwrite: bool,
 
 __all__ = [
     "Losses",
+    "check_folder_output",
     "join_rings",
     "labelme_files",
     "to_coco_results",
