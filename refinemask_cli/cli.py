@@ -432,9 +432,10 @@ def require_valid(doc: dict, path: Path) -> None:
 @main.command()
 @click.argument("images_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="COCO JSON file (coco, coco-results) or a folder (labelme).")
-@click.option("--format", "fmt", type=click.Choice(["coco", "coco-results", "labelme"]), default="coco",
-              show_default=True, help="coco: a full dataset; coco-results: a results list; labelme: one JSON per image.")
+              help="COCO JSON file (coco, coco-results) or a folder (labelme, yolo-seg).")
+@click.option("--format", "fmt", type=click.Choice(["coco", "coco-results", "labelme", "yolo-seg"]), default="coco",
+              show_default=True, help="coco: a full dataset; coco-results: a results list; labelme: one JSON per image; "
+                                      "yolo-seg: an Ultralytics dataset (data.yaml, images/, labels/; scores dropped).")
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
               help="Keep detections scoring at least this (default: the weights' own, chosen on held-back data; else 0.5).")
 @click.option("--max-detections", type=click.IntRange(min=1), default=None,
@@ -462,7 +463,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
             like_json: Path | None, category: str | None, output_format: str, simplify: float,
             weights: Path | None, device: str, precision: str, batch_size: int | None, canvas: int,
             vis_dir: Path | None, skip_unreadable: bool, overwrite: bool) -> None:
-    """Detect and segment every image in IMAGES_DIR; write COCO, COCO results or LabelMe."""
+    """Detect and segment every image in IMAGES_DIR; write COCO, COCO results, LabelMe or YOLO-seg."""
     import time
 
     from .console import progress
@@ -496,6 +497,8 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     else:
         categories = job.model_categories(predictor)
         category_ids = [c["id"] for c in categories]
+    # file names a folder format cannot hold (a.jpg and a.png: one a.json): said now, not after the job
+    formats.check_folder_output({"images": [e.info for e in entries], "categories": categories}, fmt)
     t0 = time.perf_counter()
     count = {"n": 0}
 

@@ -10,6 +10,7 @@ from pycocotools.coco import COCO
 
 from refinemask_cli.cli import main
 from refinemask_cli.geometry import segmentation_to_mask
+from refinemask_cli.io.sources import load_annotations
 
 from .cocofix import make_dataset, tiny_weights
 
@@ -62,6 +63,17 @@ def test_predict_three_formats(weights, tmp_path):
     assert run("predict", tmp_path, "-o", lm, "--format", "labelme", "--weights", weights).exit_code == 0
     assert sorted(p.name for p in lm.iterdir()) == ["img_0.json", "img_1.json"]
     assert len(list((tmp_path / "v").glob("*.png"))) == 2
+    yolo = tmp_path / "yolo"
+    r = run("predict", tmp_path, "-o", yolo, "--format", "yolo-seg", "--weights", weights, "--score-threshold", "0")
+    assert r.exit_code == 0, r.output
+    back, _, kind = load_annotations(yolo)
+    assert kind == "yolo" and [c["name"] for c in back["categories"]] == ["object"]
+    assert len(back["annotations"]) == len(doc["annotations"])  # every detection a line (scores dropped)
+    # two images whose label files would be one (img_0.png, img_0.jpg): refused before predicting
+    cv2.imwrite(str(tmp_path / "img_0.jpg"), cv2.imread(str(tmp_path / "img_0.png")))
+    for fmt in ("labelme", "yolo-seg"):
+        r = run("predict", tmp_path, "-o", tmp_path / f"clash_{fmt}", "--format", fmt, "--weights", weights)
+        assert r.exit_code == 1 and "would overwrite image" in r.output and not (tmp_path / f"clash_{fmt}").exists()
 
 
 def test_predict_in_batches_keeps_order_and_ids(weights, tmp_path):
