@@ -379,6 +379,11 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
         console.print(summary_table("refinemask refine", table_rows))
         if not rows:
             warn(f"{input_json}: no non-crowd annotations to refine; the output equals the input")
+        stored = {r["image_id"] for r in rows if job.EXIF_AS_STORED in r["flags"]}
+        if stored:
+            warn(f"{input_json}: {len(stored)} image(s) (e.g. image {min(stored)}) read as stored, without their EXIF "
+                 "rotation, since only so do they have the JSON's width/height (the annotations were drawn so); "
+                 f"their objects are flagged {job.EXIF_AS_STORED}")
 
 
 def threshold_note(predictor, given: float | None) -> str:
@@ -602,10 +607,16 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
             if not isinstance(info, dict) or f"image {info.get('id')}" in bad_images:
                 continue
             try:
-                load_checked_image(images_dir, info)
+                _, as_stored = load_checked_image(images_dir, info)
             except CocoError as e:
                 where, _, message = str(e).partition(": ")
                 problems.append(Problem("error", where, message))
+                continue
+            if as_stored:  # read so by refine and train too: told, since other tools may rotate it
+                problems.append(Problem("warning", f"image {info['id']}",
+                                        f"{info['file_name']} is {info['width']}x{info['height']} only as stored, "
+                                        "before its EXIF rotation: read so (the annotations fit that); a tool "
+                                        "that applies the rotation will not match them"))
     errors = [p for p in problems if p.level == "error"]
     for p in problems:
         problem_line(p.level, str(p))

@@ -64,3 +64,15 @@ def make_dataset(root: Path, n_images: int = 2) -> Path:
     path = root / "coarse.json"
     path.write_text(json.dumps(doc))
     return path
+
+
+def exif_rotated_jpeg(path: Path, img_bgr: np.ndarray, orientation: int = 6) -> None:
+    """A JPEG of ``img_bgr`` as stored, with an EXIF Orientation tag (6: shown rotated 90° clockwise)."""
+    _, buf = cv2.imencode(".jpg", img_bgr)
+    data = buf.tobytes()
+    # minimal APP1 Exif segment (big-endian TIFF) with one Orientation tag
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + \
+        orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    path.write_bytes(data[:2] + app1 + data[2:])

@@ -12,7 +12,7 @@ from refinemask_cli.cli import main
 from refinemask_cli.geometry import segmentation_to_mask
 from refinemask_cli.io.sources import load_annotations
 
-from .cocofix import make_dataset, tiny_weights
+from .cocofix import exif_rotated_jpeg, make_dataset, tiny_weights
 
 
 def run(*args):
@@ -266,6 +266,28 @@ def test_validate_reads_the_images_refine_would_reject(tmp_path):
     assert r.exit_code == 1
     assert "image 10 (img_0.png): file is 80x64 but the JSON says 81x64" in r.output
     assert "image 11:" in r.output and "error: 1" not in r.output
+
+
+def test_refine_reads_an_exif_rotated_photo_in_the_frame_its_json_records(weights, tmp_path):
+    """A phone photo stored 80x64 with an EXIF tag that shows it rotated, annotated by a tool that
+    ignored the tag (the JSON says 80x64): refine reads it as stored, where the annotations fit, and
+    says so (summary flags, report rows); validate warns; nothing is refused."""
+    src = make_dataset(tmp_path, n_images=2)
+    doc = json.loads(src.read_text())
+    exif_rotated_jpeg(tmp_path / "img_0.jpg", cv2.imread(str(tmp_path / "img_0.png")), orientation=6)
+    doc["images"][0]["file_name"] = "img_0.jpg"
+    src.write_text(json.dumps(doc))
+    r = run("validate", src, "--images", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "image 10: img_0.jpg is 80x64 only as stored, before its EXIF rotation: read so" in r.output
+    out, report = tmp_path / "refined.json", tmp_path / "report.csv"
+    r = run("refine", src, "--images", tmp_path, "-o", out, "--report", report, "--weights", weights)
+    assert r.exit_code == 0, r.output
+    assert "exif-as-stored 3" in r.output  # the image's three non-crowd objects
+    assert "1 image(s) (e.g. image 10) read as stored, without their EXIF rotation" in r.output
+    rows = [line.split(",") for line in report.read_text().splitlines()[1:]]
+    assert {row[1] for row in rows if "exif-as-stored" in row[-1]} == {"10"}
+    assert len(json.loads(out.read_text())["annotations"]) == len(doc["annotations"])
 
 
 def test_predict_warns_when_the_detector_was_never_trained(tmp_path):

@@ -8,7 +8,15 @@ from pycocotools import mask as mask_utils
 
 from refinemask_cli.data.coco_dataset import CocoInstances
 from refinemask_cli.geometry import segmentation_kind, segmentation_to_mask
-from refinemask_cli.io.images import ImageReadError, looks_readable, read_image
+from refinemask_cli.io.coco import CocoError
+from refinemask_cli.io.images import (
+    ImageReadError,
+    looks_readable,
+    read_image,
+    read_image_as_recorded,
+)
+
+from .cocofix import exif_rotated_jpeg
 
 
 def test_polygon_and_rles_decode_to_the_same_mask():
@@ -72,21 +80,31 @@ def test_looks_readable_checks_the_header_and_falls_back_to_decoding(tmp_path, m
     assert looks_readable(tmp_path / "ok.png") and not looks_readable(tmp_path / "text.jpg")
 
 
-def _exif_rotated_jpeg(path, img_bgr, orientation=6):
-    ok, buf = cv2.imencode(".jpg", img_bgr)
-    data = buf.tobytes()
-    # minimal APP1 Exif segment (big-endian TIFF) with one Orientation tag
-    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + \
-        orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
-    payload = b"Exif\x00\x00" + tiff
-    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
-    path.write_bytes(data[:2] + app1 + data[2:])
-
-
 def test_read_image_applies_exif_orientation(tmp_path):
     img = np.zeros((20, 40, 3), dtype=np.uint8)
-    _exif_rotated_jpeg(tmp_path / "r.jpg", img, orientation=6)  # rotate 90° clockwise when shown
-    assert read_image(tmp_path / "r.jpg").shape == (40, 20, 3)
+    img[:, :20] = 255  # the left half white as stored: the top half once rotated 90° clockwise
+    exif_rotated_jpeg(tmp_path / "r.jpg", img, orientation=6)  # rotate 90° clockwise when shown
+    shown = read_image(tmp_path / "r.jpg")
+    assert shown.shape == (40, 20, 3) and shown[:20].mean() > 200 and shown[20:].mean() < 50
+    assert read_image(tmp_path / "r.jpg", exif=False).shape == (20, 40, 3)
+    # a record of the shown size reads it shown; of the stored size (a tool that ignored the tag drew
+    # its annotations on that), as stored; of neither, as shown (callers name the mismatch)
+    for (h, w), shape, stored in (((40, 20), (40, 20, 3), False), ((20, 40), (20, 40, 3), True),
+                                  ((20, 41), (40, 20, 3), False)):
+        image, as_stored = read_image_as_recorded(tmp_path / "r.jpg", h, w)
+        assert image.shape == shape and as_stored is stored
+    # training reads it in the record's frame too, and refuses a size neither frame has
+    doc = {"images": [{"id": 1, "file_name": "r.jpg", "width": 40, "height": 20}],
+           "categories": [{"id": 1, "name": "a"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "iscrowd": 0,
+                            "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]]}]}
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    image, _ = CocoInstances(tmp_path / "r.json", tmp_path, flip_prob=0.0)[0]
+    assert tuple(image.shape) == (3, 20, 40) and float(image[:, :, :20].mean()) > 0.8  # the mask's half is white
+    doc["images"][0]["width"] = 41
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    with pytest.raises(CocoError, match=r"image 1 \(r.jpg\): file is 20x40 but the JSON says 41x20"):
+        CocoInstances(tmp_path / "r.json", tmp_path, flip_prob=0.0)[0]
 
 
 def test_coco_dataset_targets(tmp_path):

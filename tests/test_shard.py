@@ -91,7 +91,7 @@ def test_sharded_refine_resumes_per_shard(weights, tmp_path):
     doc = read_coco(src)
     per_image = job.validate_for_refine(doc, tmp_path, options)
     info = doc["images"][1]  # rank 1's first batch
-    image = job.load_checked_image(tmp_path, info)
+    image, _ = job.load_checked_image(tmp_path, info)
     prep = job.prepare_image(image.shape[0], image.shape[1], per_image[info["id"]], job.model_labels(doc, predictor),
                              options)
     det = predictor.refine_many([(image, prep.boxes, prep.labels, prep.priors)], False, options.settings)[0]

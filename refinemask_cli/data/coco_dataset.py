@@ -16,7 +16,13 @@ from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
 from ..io.coco import CocoError, read_coco
-from ..io.images import image_exists, image_path, looks_readable, read_image
+from ..io.images import (
+    image_exists,
+    image_path,
+    looks_readable,
+    read_image,
+    read_image_as_recorded,
+)
 
 
 class CocoInstances(Dataset):
@@ -78,7 +84,15 @@ class CocoInstances(Dataset):
     def load(self, idx: int):
         """``(image uint8 HWC, masks (n,H,W) uint8, boxes (n,4) xyxy, labels (n,), image_id)``, no augmentation."""
         info = self.images[self.ids[idx]]
-        img = read_image(image_path(self.images_dir, info["file_name"]))
+        path = image_path(self.images_dir, info["file_name"])
+        if isinstance(info.get("width"), int) and isinstance(info.get("height"), int):
+            # the frame the annotations were drawn in (EXIF rotation or not), as refine reads it
+            img, _ = read_image_as_recorded(path, info["height"], info["width"])
+            if img.shape[:2] != (info["height"], info["width"]):
+                raise CocoError(f"image {info['id']} ({info['file_name']}): file is {img.shape[1]}x{img.shape[0]} "
+                                f"but the JSON says {info['width']}x{info['height']}; fix width/height in the JSON")
+        else:
+            img = read_image(path)
         h, w = img.shape[:2]
         anns = self.anns.get(info["id"], [])
         masks = np.zeros((len(anns), h, w), dtype=np.uint8)

@@ -75,7 +75,23 @@ def looks_readable(path: str | Path) -> bool:
     return True
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image_as_recorded(path: str | Path, height: int, width: int) -> tuple[np.ndarray, bool]:
+    """The image at ``path`` for a record of ``height`` x ``width``, and whether it was read as stored.
+
+    Read as annotators see it (EXIF orientation applied), unless only the image as stored, before its
+    EXIF rotation, has the recorded size: a tool that ignored the tag drew the annotations on that,
+    so it is read so. Neither matching, it comes back as annotators see it (the caller says so)."""
+    image = read_image(path)
+    if image.shape[:2] == (height, width) or image.shape[:2] != (width, height):
+        return image, False
+    stored = read_image(path, exif=False)
+    if stored.shape[:2] == (height, width):
+        return stored, True
+    return image, False
+
+
+def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)``; ``exif=False``: as stored, without the EXIF orientation."""
     p = Path(path)
     if p.is_file():
         data = np.fromfile(str(p), dtype=np.uint8)
@@ -83,7 +99,8 @@ def read_image(path: str | Path) -> np.ndarray:
         data = np.frombuffer(held, dtype=np.uint8)
     else:
         raise ImageReadError(f"{p}: image file not found")
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | (0 if exif else cv2.IMREAD_IGNORE_ORIENTATION)
+    img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
         raise ImageReadError(f"{p}: not a readable image (corrupt or unsupported format)")
     if img.dtype == np.uint16:

@@ -117,7 +117,7 @@ def predict_entries(
 
     def read(item: tuple[int, Entry]):
         try:
-            return read_checked_image(item[1].path, item[1].info)
+            return read_checked_image(item[1].path, item[1].info)[0]  # in the frame of --like's sizes
         except UnreadableImage as e:
             if skipped is None:
                 raise

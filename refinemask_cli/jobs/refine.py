@@ -24,7 +24,7 @@ from ..io.coco import (
     first_error,
     segmentation_kind_safe,
 )
-from ..io.images import ImageReadError, image_path, read_image
+from ..io.images import ImageReadError, image_path, read_image, read_image_as_recorded
 from ..predictor import InstanceMask, Predictor, RefineSettings
 from .journal import Journal, fingerprint
 from .pipeline import batch_groups, run_pipeline
@@ -196,6 +196,7 @@ class Prepared:
     labels: np.ndarray  # int64 (N,)
     coarse: list  # InstanceMask or None per annotation: the given mask
     prompts: list[str]
+    image_flags: tuple[str, ...] = ()  # flags of every object of the image (how the image was read)
 
     @property
     def priors(self) -> list:
@@ -230,7 +231,7 @@ def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: Ref
     results = []
     for ann, refined, given, prompt, box in zip(anns, det.masks, prep.coarse, prep.prompts, prep.boxes):
         reference = given if prompt == "mask" else box_mask(box, h, w)
-        flags = []
+        flags = list(prep.image_flags)
         if options.min_area > 0:
             cleaned = remove_small_regions(refined.mask, options.min_area)
             refined = InstanceMask(refined.x0, refined.y0, cleaned.mask)
@@ -270,22 +271,29 @@ class UnreadableImage(CocoError):
     """An image file that cannot be decoded (``predict --skip-unreadable`` leaves such images out)."""
 
 
-def read_checked_image(path: Path, info: dict) -> np.ndarray:
-    """The image of record ``info`` read from ``path``; a ``CocoError`` naming the image id when it
-    cannot be read (``UnreadableImage``) or disagrees with the record's width/height (where the
-    record has them)."""
+EXIF_AS_STORED = "exif-as-stored"  # the flag of objects whose image was read without its EXIF rotation
+
+
+def read_checked_image(path: Path, info: dict) -> tuple[np.ndarray, bool]:
+    """The image of record ``info`` read from ``path`` and whether it was read as stored, without its
+    EXIF rotation, because only so does it have the record's size (``read_image_as_recorded``); a
+    ``CocoError`` naming the image id when it cannot be read (``UnreadableImage``) or disagrees with
+    the record's width/height (where the record has them)."""
     try:
-        image = read_image(path)
+        if "width" in info:
+            image, as_stored = read_image_as_recorded(path, info["height"], info["width"])
+        else:
+            image, as_stored = read_image(path), False
     except ImageReadError as e:
         raise UnreadableImage(f"image {info['id']}: {e}") from None
     h, w = image.shape[:2]
     if "width" in info and (h, w) != (info["height"], info["width"]):
         raise CocoError(f"image {info['id']} ({info['file_name']}): file is {w}x{h} but the JSON says "
                         f"{info['width']}x{info['height']}; fix width/height in the JSON")
-    return image
+    return image, as_stored
 
 
-def load_checked_image(images_dir: Path, info: dict) -> np.ndarray:
+def load_checked_image(images_dir: Path, info: dict) -> tuple[np.ndarray, bool]:
     return read_checked_image(image_path(images_dir, info["file_name"]), info)
 
 
@@ -344,8 +352,10 @@ def refine_dataset(
     done.clear()  # the journal's copies are not needed any more
 
     def load(info: dict):
-        image = load_checked_image(images_dir, info)
-        return image, prepare_image(image.shape[0], image.shape[1], per_image[info["id"]], labels, options)
+        image, as_stored = load_checked_image(images_dir, info)
+        prep = prepare_image(image.shape[0], image.shape[1], per_image[info["id"]], labels, options)
+        prep.image_flags = (EXIF_AS_STORED,) if as_stored else ()
+        return image, prep
 
     def finish(items, dets):
         return [finish_image(det, prep, info, per_image[info["id"]], options)
