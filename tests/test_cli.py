@@ -1,6 +1,8 @@
 """CLI conventions through click's runner: exit codes and one-line errors."""
 import json
 
+import cv2
+import numpy as np
 from click.testing import CliRunner
 
 from refinemask_cli.cli import main
@@ -79,3 +81,27 @@ def test_brackets_in_names_and_messages_print_as_written(tmp_path):
     assert r.exit_code == 0 and f"{src}: 1 images, 1 annotations" in r.output, r.output
     r = CliRunner().invoke(main, ["validate", str(src), "--images", str(tmp_path)])
     assert r.exit_code == 1 and "file a[cat].png not found in" in r.output, r.output
+
+
+def test_a_missing_image_found_elsewhere_below_images_is_pointed_at(tmp_path):
+    """--images one folder too high, or file names without the split folder their images sit in:
+    the one line says where the file is and what to pass; several or no candidates, no guess."""
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "val").mkdir()
+    for folder, name in (("train", "a.png"), ("train", "both.png"), ("val", "both.png"), ("val", "b.png")):
+        cv2.imwrite(str(tmp_path / "data" / folder / name), np.zeros((8, 8, 3), np.uint8))
+    names = ["train/a.png", "test/b.png", "both.png", "gone.png"]
+    doc = {"images": [{"id": i + 1, "width": 8, "height": 8, "file_name": n} for i, n in enumerate(names)],
+           "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    src = tmp_path / "d.json"
+    src.write_text(json.dumps(doc))
+    root = tmp_path / "data"
+    r = CliRunner().invoke(main, ["validate", str(src), "--images", str(tmp_path)])
+    assert r.exit_code == 1
+    assert f"image 1: file train/a.png not found in {tmp_path} (it is at {root / 'train/a.png'}: pass --images {root})" \
+        in r.output, r.output
+    r = CliRunner().invoke(main, ["validate", str(src), "--images", str(root)])
+    assert f"image 2: file test/b.png not found in {root} (a file of that name is at {root / 'val/b.png'}; file_name " \
+           "must be the image's path relative to --images)" in r.output, r.output
+    assert f"image 3: file both.png not found in {root}\n" in r.output  # two candidates: no guess
+    assert f"image 4: file gone.png not found in {root}\n" in r.output

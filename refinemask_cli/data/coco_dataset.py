@@ -20,6 +20,7 @@ from ..io.images import (
     image_exists,
     image_path,
     looks_readable,
+    missing_hint,
     read_image,
     read_image_as_recorded,
 )
@@ -73,7 +74,9 @@ class CocoInstances(Dataset):
             name = self.images[i]["file_name"]
             path = image_path(self.images_dir, name)
             if not image_exists(path):
-                raise CocoError(f"{source}: image {i}: file {name} not found in {self.images_dir}")
+                hint = missing_hint(self.images_dir, [name]).get(name)
+                raise CocoError(f"{source}: image {i}: file {name} not found in {self.images_dir}"
+                                + (f" ({hint})" if hint else ""))
             if not looks_readable(path):
                 raise CocoError(f"{source}: image {i}: {path} is not a readable image (corrupt or unsupported "
                                 "format); replace the file or drop the image from the JSON")

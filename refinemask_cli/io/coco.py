@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..geometry.masks import finite_number, segmentation_kind, segmentation_problem
-from .images import image_exists, image_path
+from .images import image_exists, image_path, missing_hint
 
 
 class CocoError(ValueError):
@@ -188,6 +188,7 @@ def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Probl
     if "categories" not in doc:
         problems.append(Problem("error", "file", "no 'categories' list"))
     categories = _check_ids(doc.get("categories", []), "category", problems)
+    missing: dict[int, str] = {}  # image id -> file_name not found under images_dir
     for img_id, img in images.items():
         w, h = img.get("width"), img.get("height")
         if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
@@ -195,8 +196,12 @@ def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Probl
         if not isinstance(img.get("file_name"), str) or not img.get("file_name"):
             problems.append(Problem("error", f"image {img_id}", "missing 'file_name'"))
         elif images_dir is not None and not image_exists(image_path(images_dir, img["file_name"])):
-            problems.append(Problem("error", f"image {img_id}",
-                                    f"file {img['file_name']} not found in {images_dir}"))
+            missing[img_id] = img["file_name"]
+    if missing:
+        hints = missing_hint(images_dir, list(missing.values()))
+        for img_id, name in missing.items():
+            hint = f" ({hints[name]})" if name in hints else ""
+            problems.append(Problem("error", f"image {img_id}", f"file {name} not found in {images_dir}{hint}"))
     for ann_id, ann in anns.items():
         where = f"annotation {ann_id}"
         img = images.get(ann.get("image_id"))

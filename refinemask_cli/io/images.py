@@ -10,7 +10,8 @@ reads these too; ``held_image`` gives the bytes (export writes them out).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -56,6 +57,39 @@ def image_path(images_dir: str | Path, file_name: str) -> Path:
         if image_exists(posix):
             return posix
     return path
+
+
+def missing_hint(images_dir: str | Path, file_names: list[str], limit: int = 200_000) -> dict[str, str]:
+    """For ``file_names`` not found under ``images_dir``: a hint where exactly one file of the same
+    base name lies elsewhere below it (the usual slip: ``--images`` one folder too high, or a
+    dataset's file names without the split folder its images sit in). At most ``limit`` files are
+    looked at; names found nowhere, or in several places, get no hint."""
+    root = Path(images_dir)
+    wanted = {PurePosixPath(n.replace("\\", "/")).name: n for n in file_names}
+    found: dict[str, list[Path]] = {}
+    seen = 0
+    for folder, _, files in os.walk(root):
+        for f in files:
+            if f in wanted:
+                found.setdefault(f, []).append(Path(folder, f).relative_to(root))
+        seen += len(files)
+        if seen > limit:
+            break
+    hints = {}
+    for base, name in wanted.items():
+        places = found.get(base, [])
+        if len(places) != 1:
+            continue
+        rel = places[0].as_posix()
+        given = name.replace("\\", "/")
+        while given.startswith("./"):
+            given = given[2:]
+        if rel.endswith("/" + given):  # --images one folder (or more) too high
+            hints[name] = f"it is at {root / rel}: pass --images {root / rel[: -len(given) - 1]}"
+        else:
+            hints[name] = (f"a file of that name is at {root / rel}; file_name must be the image's path "
+                           f"relative to --images")
+    return hints
 
 
 def looks_readable(path: str | Path) -> bool:
