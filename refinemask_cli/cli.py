@@ -702,15 +702,16 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
 
 
 @main.command()
-@click.option("--train-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="COCO training annotations (or give [[datasets]] in --config).")
+@click.option("--train-json", type=click.Path(path_type=Path), default=None,
+              help="Training annotations: a COCO file, a LabelMe folder or a YOLO-seg dataset (or give "
+                   "[[datasets]] in --config).")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of the training images.")
+              help="Folder of the training images (a COCO file's; LabelMe and YOLO inputs carry their own).")
 @click.option("--partly-labelled", is_flag=True,
               help="Only some objects of each --train-json image are labelled: the detector learns them "
                    "but never the rest of an image as background (in a --config: every_object = false).")
-@click.option("--val-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="COCO validation annotations, scored after training: masks refined from their boxes and, "
+@click.option("--val-json", type=click.Path(path_type=Path), default=None,
+              help="Validation annotations (COCO, LabelMe or YOLO-seg), scored after training: masks refined from their boxes and, "
                    "for a trained detector, its detections (the best-F1 score threshold is written into "
                    "model_final.pt as predict's default).")
 @click.option("--val-images", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -732,7 +733,8 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
 @handle_errors
 def train(train_json, images_dir, partly_labelled, val_json, val_images, init, config_file, iters, batch_size, lr,
           mode, amp, out_dir: Path, resume: bool, device: str) -> None:
-    """Fine-tune RefineMask on COCO-format data (one process, or many under torchrun)."""
+    """Fine-tune RefineMask on a COCO file, LabelMe folder or YOLO-seg dataset (one process, or many
+    under torchrun)."""
     import time
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -742,13 +744,13 @@ def train(train_json, images_dir, partly_labelled, val_json, val_images, init, c
     from .engine.run import run_training
     from .predictor import resolve_device
 
-    if (train_json is None) != (images_dir is None):
-        raise UserError("--train-json and --images go together")
+    if images_dir is not None and train_json is None:
+        raise UserError("--images goes with --train-json")
     if partly_labelled and train_json is None:
         raise UserError("--partly-labelled goes with --train-json; in a --config set every_object = false "
                         "in the [[datasets]] table of each partly labelled set")
-    datasets = ([{"json": str(train_json), "images": str(images_dir), "every_object": not partly_labelled}]
-                if train_json else None)
+    datasets = ([{"json": str(train_json), "images": str(images_dir) if images_dir else None,
+                  "every_object": not partly_labelled}] if train_json else None)
     cfg = load_train_config(config_file, {
         "datasets": datasets, "val_json": str(val_json) if val_json else None,
         "val_images": str(val_images) if val_images else None, "init": init, "iters": iters,
@@ -757,6 +759,14 @@ def train(train_json, images_dir, partly_labelled, val_json, val_images, init, c
     if (out_dir / "last.pt").exists() and not resume:
         raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
     dev = resolve_device(device)
+    val = None
+    if cfg.val_json:  # read before training: a bad validation set is said now, not after the run
+        from .io.sources import load_dataset
+
+        notes: list = []
+        val = load_dataset(cfg.val_json, cfg.val_images, notes)
+        for note in notes:
+            warn(f"{cfg.val_json}: {note}")
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[msg]}"), TimeRemainingColumn(), console=console,
@@ -767,7 +777,7 @@ def train(train_json, images_dir, partly_labelled, val_json, val_images, init, c
             terms = " ".join(f"{k[5:]}={v:.3f}" for k, v in rec.items() if k.startswith("loss_"))
             bar.update(task, completed=rec["iter"], msg=f"loss={rec['loss']:.3f} {terms} lr={rec['lr']:.2e}")
 
-        run_training(cfg, out_dir, dev, resume, on_step)
+        run_training(cfg, out_dir, dev, resume, on_step, on_note=warn)
     import json as _json
 
     metrics = out_dir / "metrics.jsonl"
@@ -780,24 +790,23 @@ def train(train_json, images_dir, partly_labelled, val_json, val_images, init, c
             rows += [("iterations", str(last["iter"])), ("time", f"{time.perf_counter() - t0:.0f} s"),
                      ("run folder", str(out_dir))]
             console.print(summary_table("refinemask train", rows))
-    if cfg.val_json and (out_dir / "model_final.pt").exists():
+    if val is not None and (out_dir / "model_final.pt").exists():
         from .engine.evaluate import evaluate_by_id
-        from .io.coco import read_coco
         from .jobs import refine as job
         from .predictor import Predictor
         from .weights import load_model
         from .weights.checkpoint import detector_trained
 
         model, ckpt = load_model(out_dir / "model_final.pt")
-        gt = read_coco(cfg.val_json)
+        gt, val_images = val
         boxes_only = {**gt, "annotations": [{k: v for k, v in a.items() if k != "segmentation"} for a in gt["annotations"]]}
         predictor = Predictor(model, device=device)
-        out, _, _ = job.refine_dataset(boxes_only, Path(cfg.val_images), predictor, job.RefineOptions(prompt="box"))
+        out, _, _ = job.refine_dataset(boxes_only, val_images, predictor, job.RefineOptions(prompt="box"))
         res = evaluate_by_id(gt, out)
         console.print(f"validation from boxes: mIoU {res['mIoU']:.4f}, mBIoU {res['mBIoU']:.4f} "
                       f"({res['count']} annotations)")
         if detector_trained(ckpt.get("meta", {})):
-            choose_predict_defaults(out_dir / "model_final.pt", ckpt, gt, Path(cfg.val_images), predictor, cfg.val_json)
+            choose_predict_defaults(out_dir / "model_final.pt", ckpt, gt, val_images, predictor, cfg.val_json)
 
 
 def choose_predict_defaults(path: Path, ckpt: dict, gt: dict, images_dir: Path, predictor, val_json: str) -> None:

@@ -560,3 +560,45 @@ def test_train_with_validation_chooses_predict_defaults(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, base + ["--mode", "mask", "--out", str(tmp_path / "c")])
     assert r.exit_code == 0 and "validation detections" not in r.output
     assert "predict_score_threshold" not in read_checkpoint(tmp_path / "c" / "model_final.pt")["meta"]
+
+
+def test_train_reads_labelme_folders_and_yolo_datasets(tmp_path):
+    """The loop without an export step: train on a LabelMe folder (here its images only as imageData,
+    the copies carried to loader processes that start afresh) and validate on a YOLO-seg dataset;
+    what reading leaves out is said; a COCO file still needs its images folder."""
+    import base64
+    import pickle
+
+    from refinemask_cli.data.coco_dataset import CocoInstances
+    from refinemask_cli.io import images as images_module
+
+    src = make_dataset(tmp_path, n_images=2)
+    assert CliRunner().invoke(main, ["export", str(src), "--to", "labelme", "-o", str(tmp_path / "lm")]).exit_code == 0
+    assert CliRunner().invoke(main, ["export", str(src), "--to", "yolo-seg", "-o", str(tmp_path / "yolo"),
+                                     "--images", str(tmp_path)]).exit_code == 0
+    for f in (tmp_path / "lm").glob("*.json"):  # JSON only: the image inside it
+        raw = json.loads(f.read_text())
+        raw["imageData"] = base64.b64encode((tmp_path / f.with_suffix(".png").name).read_bytes()).decode()
+        raw["shapes"].append({"label": "egg", "points": [[1, 1], [5, 5]], "shape_type": "circle", "group_id": None})
+        f.write_text(json.dumps(raw))
+    assert not list((tmp_path / "lm").glob("*.png"))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--train-json", str(tmp_path / "lm"), "--config", str(tiny_toml(tmp_path)),
+                                  "--iters", "2", "--batch-size", "1", "--mode", "mask", "--out", str(out),
+                                  "--device", "cpu", "--val-json", str(tmp_path / "yolo")])
+    assert r.exit_code == 0, r.output
+    assert "LabelMe shapes left out (not areas): 2 circle" in r.output
+    assert "validation from boxes: mIoU" in r.output
+    from refinemask_cli.io.sources import dataset_categories
+
+    for path in (tmp_path / "lm", tmp_path / "yolo", tmp_path / "yolo" / "data.yaml"):  # what a run's classes come from
+        assert [c["name"] for c in dataset_categories(path)] == ["ball", "egg"], path
+    ds = CocoInstances(tmp_path / "lm", None, flip_prob=0.0)
+    assert len(ds.held) == 2
+    copy = pickle.dumps(ds)
+    images_module._HELD.clear()  # a loader process started afresh holds nothing
+    image, target = pickle.loads(copy)[0]
+    assert tuple(image.shape[1:]) == (64, 80) and len(target["boxes"]) == 3
+    r = CliRunner().invoke(main, ["train", "--train-json", str(src), "--config", str(tiny_toml(tmp_path)),
+                                  "--out", str(tmp_path / "r2"), "--device", "cpu"])
+    assert r.exit_code == 1 and "a COCO file needs the folder of its images (--images" in r.output, r.output

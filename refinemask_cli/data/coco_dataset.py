@@ -15,8 +15,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
-from ..io.coco import CocoError, read_coco
+from ..io.coco import CocoError
 from ..io.images import (
+    held_image,
+    hold_image,
     image_exists,
     image_path,
     looks_readable,
@@ -24,17 +26,26 @@ from ..io.images import (
     read_image,
     read_image_as_recorded,
 )
+from ..io.sources import load_dataset
 
 
 class CocoInstances(Dataset):
-    def __init__(self, json_path: str | Path, images_dir: str | Path, flip_prob: float = 0.5,
+    def __init__(self, json_path: str | Path, images_dir: str | Path | None, flip_prob: float = 0.5,
                  class_names: Sequence[str] | None = None, class_agnostic: bool = False,
                  image_ids: Sequence[int] | None = None, min_box_size: float = 1.0, every_object: bool = True):
-        """``every_object=False``: a partly labelled set, its images' unlabelled objects are not
-        background (the model's training reads the flag from each target)."""
-        self.images_dir = Path(images_dir)
+        """``json_path``: a COCO file (its images in ``images_dir``), a LabelMe folder or a YOLO-seg
+        dataset (their own images; ``images_dir`` for a LabelMe folder's kept elsewhere). What reading
+        normalised or left out is in ``notes``. ``every_object=False``: a partly labelled set, its
+        images' unlabelled objects are not background (the model's training reads the flag from each
+        target)."""
         self.every_object = every_object
-        doc = read_coco(json_path)  # a bad file: one line naming it (CocoError)
+        notes: list = []
+        doc, self.images_dir = load_dataset(json_path, images_dir, notes)  # a bad file: one line naming it
+        self.notes = [str(n) for n in notes]
+        # images a LabelMe file holds as imageData: carried with the set to loader processes that
+        # start afresh (spawn) rather than fork, where the reader's in-memory copies are not
+        self.held = {im["file_name"]: data for im in doc["images"]
+                     if (data := held_image(image_path(self.images_dir, im["file_name"]))) is not None}
         cats = sorted(doc["categories"], key=lambda c: c["id"])
         self.category_names = [c["name"] for c in cats]
         self.class_agnostic = class_agnostic
@@ -61,6 +72,11 @@ class CocoInstances(Dataset):
         ids = image_ids if image_ids is not None else sorted(self.images)
         self.ids = [i for i in ids if i in self.images]
         self.flip_prob = flip_prob
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        for name, data in self.held.items():
+            hold_image(image_path(self.images_dir, name), data)
 
     def restrict(self, image_ids: set[int]) -> None:
         """Only the images of ``image_ids``, in the same order."""

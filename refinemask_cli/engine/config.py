@@ -50,8 +50,8 @@ DETECTOR_MODULES = ("rpn.", "roi_heads.box_head.", "roi_heads.box_predictor.")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    json: str
-    images: str
+    json: str  # a COCO file, a LabelMe folder or a YOLO-seg dataset (data.yaml or its folder)
+    images: str | None = None  # a COCO file's images folder (LabelMe and YOLO inputs carry their own)
     weight: float = 1.0
     exclude_holdout: bool = False  # drop the fixed held-back fifth of image ids (validation data)
     # false: only some objects of each image are labelled (coco-mval-dev: one per entry; DUTS: the
@@ -151,8 +151,8 @@ class TrainConfig:
             errors.append("min_sizes must be sizes >= 32")
         if self.max_size is not None and self.max_size < 32:
             errors.append("max_size must be >= 32")
-        if (self.val_json is None) != (self.val_images is None):
-            errors.append("val_json and val_images go together")
+        if self.val_images is not None and self.val_json is None:
+            errors.append("val_images goes with val_json")
         if errors:
             raise ValueError("invalid training config: " + "; ".join(errors))
 

@@ -23,6 +23,7 @@ from ..data.coco_dataset import CocoInstances, collate
 from ..data.mixture import MixedInstances, StepBatchSampler
 from ..data.splits import held_back_names, holdout_ids
 from ..io.coco import read_coco
+from ..io.sources import dataset_categories
 from ..model import ModelConfig, RefineMaskRCNN, build_model
 from ..model.zoom import ZoomSpec
 from ..weights.checkpoint import (
@@ -61,7 +62,9 @@ def setup_distributed(device: torch.device) -> DistInfo:
     return info
 
 
-def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: bool) -> list[CocoInstances]:
+def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: bool,
+                   on_note: Callable[[str], None] | None = None) -> list[CocoInstances]:
+    """The training sets; what reading one normalised or left out goes to ``on_note``, by file."""
     out = []
     for spec in cfg.datasets:
         ds = CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,
@@ -72,6 +75,8 @@ def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: boo
             ds.restrict({i for i, im in ds.images.items()
                          if i not in held and Path(im["file_name"]).name not in names})
         ds.check_files(spec.json)
+        for note in ds.notes if on_note else ():
+            on_note(f"{spec.json}: {note}")
         out.append(ds)
     return out
 
@@ -86,8 +91,8 @@ def resolve_model_config(cfg: TrainConfig, init_config: dict | None = None) -> M
     if fields.get("class_agnostic") == "all" and "class_names" not in fields and fields.get("num_classes", 1) == 1:
         fields["num_classes"], fields["class_names"] = 1, ("object",)
     if "class_names" not in fields:
-        doc = read_coco(cfg.datasets[0].json)
-        names = tuple(c["name"] for c in sorted(doc.get("categories", []), key=lambda c: c["id"]))
+        first = cfg.datasets[0]
+        names = tuple(c["name"] for c in sorted(dataset_categories(first.json, first.images), key=lambda c: c["id"]))
         fields["class_names"] = names
         fields["num_classes"] = len(names)
     fields["class_names"] = tuple(fields["class_names"])
@@ -154,8 +159,10 @@ def run_training(
     resume: bool = False,
     on_step: Callable[[dict], None] | None = None,
     stop_after: int | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> RefineMaskRCNN:
-    """Train per ``cfg`` into ``out_dir``; ``stop_after`` ends the process's work early (tests)."""
+    """Train per ``cfg`` into ``out_dir``; ``stop_after`` ends the process's work early (tests);
+    ``on_note``: what reading the training sets normalised or left out, one line each."""
     dist_info = setup_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
@@ -168,7 +175,7 @@ def run_training(
     # the training sets are read before the model is built and the run folder made: a bad file is
     # reported first (not after loading the init weights) and leaves no half-made run
     datasets = build_datasets(cfg, model_cfg.class_names if model_cfg.class_agnostic != "all" else (),
-                              model_cfg.class_agnostic == "all")
+                              model_cfg.class_agnostic == "all", on_note if dist_info.is_main else None)
     model = build_model(model_cfg)
     init_name, init_detector = initialise(model, cfg.init, init_ckpt)
     # a mask-mode run leaves the RPN and box head as they came

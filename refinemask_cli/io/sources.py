@@ -43,6 +43,11 @@ def detect_kind(path: Path) -> str:
     raise CocoError(f"{path}: file not found")
 
 
+def _data_yaml(path: Path) -> Path:
+    """A YOLO dataset's data.yaml: the path itself, or the one in the folder."""
+    return path if path.is_file() else next(f for f in (path / "data.yaml", path / "data.yml") if f.is_file())
+
+
 def load_annotations(path: str | Path, notes: list | None = None,
                      images_dir: str | Path | None = None) -> tuple[dict, Path | None, str]:
     """``(COCO document, images folder or None, kind)`` for a COCO file, LabelMe folder or YOLO dataset.
@@ -59,10 +64,31 @@ def load_annotations(path: str | Path, notes: list | None = None,
         root = Path(images_dir) if images_dir is not None else p
         doc = read_labelme_folder(p, notes, root)
     else:
-        yaml_file = p if p.is_file() else next(f for f in (p / "data.yaml", p / "data.yml") if f.is_file())
+        yaml_file = _data_yaml(p)
         doc, root = read_yolo_dataset(yaml_file, notes)
     # an "info" record, as COCO files have: pycocotools 2.0.10's loadRes needs one in the ground truth
     return {"info": {"description": f"converted by refinemask from {kind}"}, **doc}, root, kind
+
+
+def load_dataset(path: str | Path, images_dir: str | Path | None, notes: list) -> tuple[dict, Path]:
+    """``(COCO document, images folder)`` of a COCO file with its ``images_dir``, or of a LabelMe
+    folder or YOLO dataset (their own images; a LabelMe folder's elsewhere with ``images_dir``)."""
+    doc, own, kind = load_annotations(path, notes, images_dir if Path(path).is_dir() else None)
+    root = own if own is not None else images_dir
+    if root is None:
+        raise CocoError(f"{path}: a COCO file needs the folder of its images (--images, or images in [[datasets]])")
+    return doc, Path(root)
+
+
+def dataset_categories(path: str | Path, images_dir: str | Path | None = None) -> list[dict]:
+    """The categories of a COCO file, LabelMe folder or YOLO dataset (a YOLO dataset's from its
+    data.yaml alone, without reading its images)."""
+    p = Path(path)
+    if detect_kind(p) == "yolo":
+        yaml_file = _data_yaml(p)
+        names = yolo_names(_read_yaml(yaml_file), yaml_file)
+        return [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(names)]
+    return load_annotations(p, [], images_dir if p.is_dir() else None)[0].get("categories", [])
 
 
 # -- LabelMe ------------------------------------------------------------------------------------
