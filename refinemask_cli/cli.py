@@ -100,6 +100,18 @@ def refuse_overwrite(path: Path, overwrite: bool) -> None:
         raise UserError(f"{path} exists; pass --overwrite to replace it")
 
 
+def refuse_folder_over_inputs(output: Path, *inputs: Path | None) -> None:
+    """A folder output replaces its whole folder: refused where that folder is, or holds, an input
+    (a LabelMe folder written over itself, predictions written into the images' folder), which
+    --overwrite would delete with it."""
+    out = output.resolve()
+    for given in filter(None, inputs):
+        p = Path(given).resolve()
+        if p == out or out in p.parents:
+            raise UserError(f"{output}: writing this folder would replace {given}, which it holds (the input or "
+                            "its images), --overwrite or not; write to another folder")
+
+
 class UserError(click.ClickException):
     """Bad input: one line, exit 1."""
 
@@ -304,6 +316,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
             raise UserError(f"{images_dir}: images folder not found")
         if fmt == "coco" and output.is_dir():
             raise UserError(f"{output} is a folder; name a JSON file for -o, or pass --format labelme or yolo-seg")
+        if fmt != "coco":
+            refuse_folder_over_inputs(output, input_json, images_dir)
         from .jobs.formats import check_folder_output
 
         check_folder_output(doc, fmt)  # file names the format cannot hold: said now, not after the job
@@ -483,6 +497,8 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     refuse_overwrite(output, overwrite)
     if category is not None and like_json is None:
         raise click.UsageError("--category goes with --like")
+    if fmt in ("labelme", "yolo-seg"):
+        refuse_folder_over_inputs(output, images_dir, like_json)
     like = None
     if like_json is not None:
         like = read_coco(like_json)
@@ -572,6 +588,8 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
     refuse_overwrite(output, overwrite)
     doc, images_dir = read_input(input_json, images_dir)
     require_valid(doc, input_json)
+    if target in ("labelme", "yolo-seg"):
+        refuse_folder_over_inputs(output, input_json, images_dir)
     if target == "coco-results":
         results, losses = formats.to_coco_results(doc)
         write_json_atomic(results, output, overwrite=True)

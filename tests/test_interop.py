@@ -417,3 +417,28 @@ def test_predict_results_evaluate_in_faster_coco_eval(scene):
     ev.accumulate()
     ev.summarize()
     assert len(ev.stats) >= 12
+
+
+def test_a_folder_output_never_replaces_its_own_input_or_images(scene):
+    """LabelMe's layout puts JSONs beside images: writing a LabelMe or YOLO folder over the input
+    folder, or over the images' folder, would delete the images with --overwrite. Refused, one line,
+    nothing touched."""
+    root, doc = scene
+    assert run("export", root / "data.json", "--to", "labelme", "-o", root / "lm").exit_code == 0
+    for f in (root / "lm").rglob("*.json"):  # JSONs beside their images
+        (root / "imgs" / f.relative_to(root / "lm")).write_text(f.read_text())
+    before = sorted(p.relative_to(root).as_posix() for p in (root / "imgs").rglob("*"))
+    w = tiny_weights(root / "w.pt", train_steps=0)
+    attempts = [
+        ("refine", root / "imgs", "-o", root / "imgs", "--format", "labelme", "--weights", w, "--device", "cpu"),
+        ("refine", root / "data.json", "--images", root / "imgs" / "cam_a", "-o", root / "imgs", "--format",
+         "yolo-seg", "--weights", w, "--device", "cpu"),
+        ("export", root / "imgs", "--to", "labelme", "-o", root / "imgs"),
+        ("export", root / "data.json", "--images", root / "imgs", "--to", "yolo-seg", "-o", root / "imgs"),
+        ("predict", root / "imgs" / "cam_a", "-o", root / "imgs", "--format", "labelme", "--weights", w),
+    ]
+    for args in attempts:
+        r = run(*args, "--overwrite")
+        assert r.exit_code == 1 and "would replace" in r.output and "write to another folder" in r.output, (args, r.output)
+        assert len(r.output.strip().splitlines()) == 1
+        assert sorted(p.relative_to(root).as_posix() for p in (root / "imgs").rglob("*")) == before
