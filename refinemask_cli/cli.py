@@ -304,6 +304,8 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
         refuse_overwrite(output, overwrite)
         if report:
             refuse_overwrite(report, overwrite)
+            if report.resolve() in (output.resolve(), input_json.resolve()):
+                raise click.UsageError("--report names the input or the output; give the report a file of its own")
         options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
                                     **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
                                                          second_zoom_size=second_zoom_size, flip=flip, passes=passes,

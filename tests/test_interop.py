@@ -442,3 +442,8 @@ def test_a_folder_output_never_replaces_its_own_input_or_images(scene):
         assert r.exit_code == 1 and "would replace" in r.output and "write to another folder" in r.output, (args, r.output)
         assert len(r.output.strip().splitlines()) == 1
         assert sorted(p.relative_to(root).as_posix() for p in (root / "imgs").rglob("*")) == before
+    for report in (root / "data.json", root / "same.json"):  # the report never lands on the input or output
+        r = run("refine", root / "data.json", "--images", root / "imgs", "-o", root / "same.json", "--report", report,
+                "--weights", w, "--device", "cpu", "--overwrite")
+        assert r.exit_code == 2 and "--report names the input or the output" in r.output, r.output
+    assert json.loads((root / "data.json").read_text()) == doc and not (root / "same.json").exists()
