@@ -69,6 +69,12 @@ def test_predict_three_formats(weights, tmp_path):
     back, _, kind = load_annotations(yolo)
     assert kind == "yolo" and [c["name"] for c in back["categories"]] == ["object"]
     assert len(back["annotations"]) == len(doc["annotations"])  # every detection a line (scores dropped)
+    try:
+        from ultralytics.data.utils import check_det_dataset
+    except ImportError:
+        pass
+    else:
+        assert check_det_dataset(str(yolo / "data.yaml"))["names"] == {0: "object"}
     # two images whose label files would be one (img_0.png, img_0.jpg): refused before predicting
     cv2.imwrite(str(tmp_path / "img_0.jpg"), cv2.imread(str(tmp_path / "img_0.png")))
     for fmt in ("labelme", "yolo-seg"):

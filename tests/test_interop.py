@@ -315,6 +315,14 @@ def test_refine_writes_labelme_and_yolo_seg_back(scene):
     assert kind == "yolo" and len(back["images"]) == 2
     assert len(back["annotations"]) == len(coco["annotations"])
     assert all("segmentation" in a for a in back["annotations"])  # the box-only object came back a polygon
+    try:
+        from ultralytics.data.utils import check_det_dataset, img2label_paths
+    except ImportError:
+        pass
+    else:  # Ultralytics takes it as it is, a label for every image
+        assert check_det_dataset(str(root / "yolo" / "data.yaml"))["nc"] == 2
+        imgs = sorted(str(p) for p in (root / "yolo" / "images").rglob("*.png"))
+        assert len(imgs) == 2 and all(Path(label).is_file() for label in img2label_paths(imgs))
 
     (root / "coco_dir").mkdir()
     r = run("refine", root / "data.json", "-o", root / "coco_dir", "--overwrite", *common)
