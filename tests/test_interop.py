@@ -114,6 +114,9 @@ def test_labelme_round_trip_and_refine_from_a_labelme_folder(scene):
     assert kind == "labelme" and images_dir == root / "imgs"
     assert [im["file_name"] for im in back["images"]] == ["cam_a/frame_0001.png", "cam_b/frame_0001.png"]
     assert [c["name"] for c in back["categories"]] == ["cat", "dog"]
+    # the scores written on the shapes (predictions as LabelMe) come back
+    assert sorted(a["score"] for a in back["annotations"] if "score" in a) == pytest.approx(
+        sorted(a["score"] for a in doc["annotations"] if "score" in a))
     before, after = masks_of(doc), list(masks_of(back).values())
     for m in before.values():  # every mask comes back (polygons: up to the tracing's diagonal pixels)
         assert max((m & a).sum() / (m | a).sum() for a in after) > 0.97

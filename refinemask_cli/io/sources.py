@@ -8,7 +8,9 @@ per image) and a YOLO-seg dataset (``data.yaml`` with ``images/`` and ``labels/`
 - LabelMe: shapes with the same ``label`` and ``group_id`` are one object (a ``group_id`` of null is
   an object of its own); polygons become COCO polygons, rectangles box-only annotations (a box
   prompt for ``refine``), masks RLE; circles, lines and points are left out with a warning.
-  Categories are the labels in sorted order, ids from 1.
+  Categories are the labels in sorted order, ids from 1. A ``score`` on the shapes (``predict
+  --format labelme`` writes one) is the object's ``score``. An image that is not at its imagePath
+  but inside the JSON (``imageData``) is read from there (``io.images`` holds it).
 - YOLO-seg: ``class x1 y1 x2 y2 ...`` (normalised) lines become polygons, ``class cx cy w h``
   lines box-only annotations; category ``id = class + 1`` with the name from ``names``.
 """
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 
 from ..geometry import encode_rle, mask_bbox, segmentation_to_mask
-from ..geometry.masks import segmentation_problem
+from ..geometry.masks import finite_number, segmentation_problem
 from ..geometry.polygons import ring_area
 from .coco import CocoError, Problem, read_coco
 from .images import SUFFIXES, ImageReadError, hold_image, read_image
@@ -193,6 +195,9 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
         if ann is None:  # told, not dropped silently: a user may have a click to redo there
             no_area.append(f"{json_path.relative_to(folder).as_posix()} {label!r}")
             continue
+        scores = [s["score"] for s in shapes if finite_number(s.get("score"))]
+        if scores:  # a prediction written as LabelMe (predict --format labelme): its score kept
+            ann["score"] = float(max(scores))
         anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_ids[label], "iscrowd": 0, **ann})
     if no_area:
         notes.append(Problem("warning", "file", f"{len(no_area)} LabelMe object(s) without area left out (fewer "
