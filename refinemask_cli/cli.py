@@ -648,8 +648,10 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
 
 
 @main.command()
-@click.argument("gt_json", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("pred_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("gt_json", type=click.Path(path_type=Path))
+@click.argument("pred_json", type=click.Path(path_type=Path))
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="For LabelMe folders whose imagePaths lead outside them: the images folder both point at.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--by-id", is_flag=True, help="Match PRED to GT by annotation id (automatic when every GT object is in PRED by id, on its image).")
 @click.option("--ignore", "ignore_key", default=None,
@@ -657,9 +659,10 @@ def validate(input_json: Path, images_dir: Path | None) -> None:
 @click.option("--class-agnostic", is_flag=True,
               help="Detections: count every category as one (for one-class weights against a labelled dataset).")
 @handle_errors
-def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_key: str | None,
-             class_agnostic: bool) -> None:
-    """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy."""
+def evaluate(gt_json: Path, pred_json: Path, images_dir: Path | None, as_json: bool, by_id: bool,
+             ignore_key: str | None, class_agnostic: bool) -> None:
+    """Score PRED against GT: mask AP and Boundary AP, or (refined copies) mIoU, mBIoU, band accuracy.
+    Either may be a COCO file, a LabelMe folder or a YOLO-seg dataset (matched by file name)."""
     import json
 
     from .engine.evaluate import (
@@ -670,11 +673,29 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
     )
     from .io.coco import CocoError, check_dataset, first_error, read_coco, read_json
 
-    gt = read_coco(gt_json)
+    def read_folder(path: Path) -> dict:  # a LabelMe folder or YOLO dataset, read as COCO
+        from .io.sources import load_annotations
+
+        notes: list = []
+        doc = load_annotations(path, notes, images_dir if path.is_dir() else None)[0]
+        for note in notes:
+            warn(f"{path}: {note}")
+        return doc
+
+    def is_folder_input(path: Path) -> bool:
+        return path.is_dir() or path.suffix.lower() in (".yaml", ".yml")
+
+    gt = read_folder(gt_json) if is_folder_input(gt_json) else read_coco(gt_json)
     problem = first_error(check_dataset(gt))
     if problem:
         raise UserError(f"{gt_json}: {problem}")
-    pred = read_json(pred_json)
+    pred = read_folder(pred_json) if is_folder_input(pred_json) else read_json(pred_json)
+    # a LabelMe folder's or YOLO dataset's annotation ids are numbers given in reading order: they
+    # name no object across two inputs, so objects are matched as detections, never by id
+    ids_are_reading_order = is_folder_input(gt_json) or is_folder_input(pred_json)
+    if by_id and ids_are_reading_order:
+        raise click.UsageError("--by-id needs two COCO files: a LabelMe folder's or YOLO dataset's annotation ids "
+                               "are given in reading order and name no object; leave --by-id out")
     if isinstance(pred, dict):
         if "annotations" not in pred:
             raise UserError(f"{pred_json}: neither a results list nor a dataset with 'annotations'")
@@ -683,7 +704,7 @@ def evaluate(gt_json: Path, pred_json: Path, as_json: bool, by_id: bool, ignore_
         bad = next((k for k, a in enumerate(pred["annotations"]) if not isinstance(a, dict)), None)
         if bad is not None:
             raise UserError(f"{pred_json}: annotation #{bad}: entry is not a JSON object")
-        by_id = by_id or is_refined_copy(gt, pred)
+        by_id = by_id or (not ids_are_reading_order and is_refined_copy(gt, pred))
     elif by_id:
         raise UserError(f"{pred_json}: a results list has no annotation ids; --by-id needs a dataset")
     if by_id:

@@ -458,3 +458,30 @@ def test_a_folder_output_never_replaces_its_own_input_or_images(scene):
                 "--weights", w, "--device", "cpu", "--overwrite")
         assert r.exit_code == 2 and "--report names the input or the output" in r.output, r.output
     assert json.loads((root / "data.json").read_text()) == doc and not (root / "same.json").exists()
+
+
+def test_evaluate_takes_labelme_folders_and_yolo_datasets(scene):
+    """Predictions kept as LabelMe (scores on the shapes) scored against a COCO ground truth whose
+    ids differ: images matched by file name, categories by name; a YOLO dataset as the ground truth."""
+    root, doc = scene
+    assert run("export", root / "data.json", "--to", "labelme", "-o", root / "lm", "--images",
+               root / "imgs").exit_code == 0
+    renumber = {1: 7, 2: 9, 3: 11}
+    gt = {**doc, "categories": [{**c, "id": renumber[c["id"]]} for c in doc["categories"]],
+          "annotations": [{**a, "category_id": renumber[a["category_id"]]} for a in doc["annotations"]]}
+    (root / "gt.json").write_text(json.dumps(gt))
+    r = run("evaluate", root / "gt.json", root / "lm", "--images", root / "imgs", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["mode"] == "detections" and res["segm_AP50"] > 0.9, res
+    assert "categories matched by name" in r.output and "images matched by file name" in r.output
+    r = run("evaluate", root / "lm", root / "data.json")  # a LabelMe truth needs the folder its images are in
+    assert r.exit_code == 1 and "pass --images" in r.output
+    assert run("export", root / "data.json", "--to", "yolo-seg", "-o", root / "yolo", "--images",
+               root / "imgs").exit_code == 0
+    r = run("evaluate", root / "yolo", root / "lm", "--images", root / "imgs", "--json", "--class-agnostic")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)  # as detections: reading-order ids never pair objects
+    assert res["mode"] == "detections" and res["segm_AP50"] > 0.7, res  # the YOLO truth lost the ring's hole
+    r = run("evaluate", root / "yolo", root / "lm", "--images", root / "imgs", "--by-id")
+    assert r.exit_code == 2 and "--by-id needs two COCO files" in r.output

@@ -361,6 +361,17 @@ def align_predictions(gt: dict, pred: dict, class_agnostic: bool = False) -> tup
     notes = ["its image ids are not the ground truth's; images matched by file name"] if matched else []
     names = {c.get("id"): c.get("name") for c in gt.get("categories", []) if isinstance(c, dict)}
     cats = pred.get("categories") if isinstance(pred.get("categories"), list) else []
+    # the same names under other ids (a set read from LabelMe numbers its labels in name order):
+    # matched by name, where every category of the predictions has a name of the ground truth's
+    by_name = {n: i for i, n in names.items()}
+    if cats and all(isinstance(c, dict) and c.get("name") in by_name for c in cats):
+        remap = {c["id"]: by_name[c["name"]] for c in cats}
+        if any(k != v for k, v in remap.items()):
+            pred = {**pred, "categories": [{**c, "id": remap[c["id"]]} for c in cats],
+                    "annotations": [{**a, "category_id": remap.get(a.get("category_id"), a.get("category_id"))}
+                                    for a in pred["annotations"]]}
+            notes.append("its category ids are not the ground truth's; categories matched by name")
+            cats = pred["categories"]
     other = next((c for c in cats if isinstance(c, dict) and c.get("id") in names
                   and c.get("name") != names[c.get("id")]), None)
     if other is not None and not class_agnostic:
