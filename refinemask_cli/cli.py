@@ -672,27 +672,18 @@ def evaluate(gt_json: Path, pred_json: Path, images_dir: Path | None, as_json: b
         is_refined_copy,
     )
     from .io.coco import CocoError, check_dataset, first_error, read_coco, read_json
+    from .io.sources import detect_kind
 
-    def read_folder(path: Path) -> dict:  # a LabelMe folder or YOLO dataset, read as COCO
-        from .io.sources import load_annotations
-
-        notes: list = []
-        doc = load_annotations(path, notes, images_dir if path.is_dir() else None)[0]
-        for note in notes:
-            warn(f"{path}: {note}")
-        return doc
-
-    def is_folder_input(path: Path) -> bool:
-        return path.is_dir() or path.suffix.lower() in (".yaml", ".yml")
-
-    gt = read_folder(gt_json) if is_folder_input(gt_json) else read_coco(gt_json)
+    # a LabelMe folder or YOLO dataset is read as COCO (read_input); its annotation ids are numbers
+    # given in reading order that name no object across two inputs, so objects are matched as
+    # detections, never by id
+    folder_gt, folder_pred = detect_kind(gt_json) != "coco", detect_kind(pred_json) != "coco"
+    gt = read_input(gt_json, images_dir)[0] if folder_gt else read_coco(gt_json)
     problem = first_error(check_dataset(gt))
     if problem:
         raise UserError(f"{gt_json}: {problem}")
-    pred = read_folder(pred_json) if is_folder_input(pred_json) else read_json(pred_json)
-    # a LabelMe folder's or YOLO dataset's annotation ids are numbers given in reading order: they
-    # name no object across two inputs, so objects are matched as detections, never by id
-    ids_are_reading_order = is_folder_input(gt_json) or is_folder_input(pred_json)
+    pred = read_input(pred_json, images_dir)[0] if folder_pred else read_json(pred_json)
+    ids_are_reading_order = folder_gt or folder_pred
     if by_id and ids_are_reading_order:
         raise click.UsageError("--by-id needs two COCO files: a LabelMe folder's or YOLO dataset's annotation ids "
                                "are given in reading order and name no object; leave --by-id out")

@@ -15,16 +15,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
-from ..io.coco import CocoError
+from ..io.coco import CocoError, read_recorded_image
 from ..io.images import (
     held_image,
     hold_image,
     image_exists,
     image_path,
     looks_readable,
-    missing_hint,
-    read_image,
-    read_image_as_recorded,
+    not_found_messages,
 )
 from ..io.sources import load_dataset
 
@@ -90,9 +88,7 @@ class CocoInstances(Dataset):
             name = self.images[i]["file_name"]
             path = image_path(self.images_dir, name)
             if not image_exists(path):
-                hint = missing_hint(self.images_dir, [name]).get(name)
-                raise CocoError(f"{source}: image {i}: file {name} not found in {self.images_dir}"
-                                + (f" ({hint})" if hint else ""))
+                raise CocoError(f"{source}: image {i}: {not_found_messages(self.images_dir, [name])[name]}")
             if not looks_readable(path):
                 raise CocoError(f"{source}: image {i}: {path} is not a readable image (corrupt or unsupported "
                                 "format); replace the file or drop the image from the JSON")
@@ -103,15 +99,8 @@ class CocoInstances(Dataset):
     def load(self, idx: int):
         """``(image uint8 HWC, masks (n,H,W) uint8, boxes (n,4) xyxy, labels (n,), image_id)``, no augmentation."""
         info = self.images[self.ids[idx]]
-        path = image_path(self.images_dir, info["file_name"])
-        if isinstance(info.get("width"), int) and isinstance(info.get("height"), int):
-            # the frame the annotations were drawn in (EXIF rotation or not), as refine reads it
-            img, _ = read_image_as_recorded(path, info["height"], info["width"])
-            if img.shape[:2] != (info["height"], info["width"]):
-                raise CocoError(f"image {info['id']} ({info['file_name']}): file is {img.shape[1]}x{img.shape[0]} "
-                                f"but the JSON says {info['width']}x{info['height']}; fix width/height in the JSON")
-        else:
-            img = read_image(path)
+        # the frame the annotations were drawn in (EXIF rotation or not), as refine reads it
+        img, _ = read_recorded_image(image_path(self.images_dir, info["file_name"]), info)
         h, w = img.shape[:2]
         anns = self.anns.get(info["id"], [])
         masks = np.zeros((len(anns), h, w), dtype=np.uint8)

@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..geometry.masks import finite_number, segmentation_kind, segmentation_problem
-from .images import image_exists, image_path, missing_hint
+from .images import (
+    image_exists,
+    image_path,
+    not_found_messages,
+    read_image,
+    read_image_as_recorded,
+)
 
 
 class CocoError(ValueError):
@@ -180,6 +188,21 @@ def check_bbox(bbox: Any, height: int, width: int) -> tuple[str, str] | None:
     return None
 
 
+def read_recorded_image(path: str | Path, info: dict) -> tuple[np.ndarray, bool]:
+    """The image of record ``info`` read from ``path`` and whether it was read as stored, without its
+    EXIF rotation, because only so does it have the record's size (``read_image_as_recorded``); a
+    ``CocoError`` naming the image where its size disagrees with the record's width/height (where the
+    record has them). An image that cannot be read raises ``ImageReadError``."""
+    w, h = info.get("width"), info.get("height")
+    if not (isinstance(w, int) and isinstance(h, int)):
+        return read_image(path), False
+    image, as_stored = read_image_as_recorded(path, h, w)
+    if image.shape[:2] != (h, w):
+        raise CocoError(f"image {info['id']} ({info['file_name']}): file is {image.shape[1]}x{image.shape[0]} "
+                        f"but the JSON says {w}x{h}; fix width/height in the JSON")
+    return image, as_stored
+
+
 def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Problem]:
     """Every problem of a COCO dataset document, each naming its image/annotation/category id."""
     problems: list[Problem] = []
@@ -198,10 +221,9 @@ def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Probl
         elif images_dir is not None and not image_exists(image_path(images_dir, img["file_name"])):
             missing[img_id] = img["file_name"]
     if missing:
-        hints = missing_hint(images_dir, list(missing.values()))
+        messages = not_found_messages(images_dir, list(missing.values()))
         for img_id, name in missing.items():
-            hint = f" ({hints[name]})" if name in hints else ""
-            problems.append(Problem("error", f"image {img_id}", f"file {name} not found in {images_dir}{hint}"))
+            problems.append(Problem("error", f"image {img_id}", messages[name]))
     for ann_id, ann in anns.items():
         where = f"annotation {ann_id}"
         img = images.get(ann.get("image_id"))

@@ -59,11 +59,12 @@ def image_path(images_dir: str | Path, file_name: str) -> Path:
     return path
 
 
-def missing_hint(images_dir: str | Path, file_names: list[str], limit: int = 200_000) -> dict[str, str]:
-    """For ``file_names`` not found under ``images_dir``: a hint where exactly one file of the same
-    base name lies elsewhere below it (the usual slip: ``--images`` one folder too high, or a
-    dataset's file names without the split folder its images sit in). At most ``limit`` files are
-    looked at; names found nowhere, or in several places, get no hint."""
+def not_found_messages(images_dir: str | Path, file_names: list[str], limit: int = 200_000) -> dict[str, str]:
+    """``"file NAME not found in DIR"`` for each of ``file_names`` (not found under ``images_dir``), with
+    a hint where exactly one file of the same base name lies elsewhere below it (the usual slip:
+    ``--images`` one folder too high, or a dataset's file names without the split folder its images
+    sit in). At most ``limit`` files are looked at; names found nowhere, or in several places, get
+    no hint."""
     root = Path(images_dir)
     wanted = {PurePosixPath(n.replace("\\", "/")).name: n for n in file_names}
     found: dict[str, list[Path]] = {}
@@ -75,8 +76,9 @@ def missing_hint(images_dir: str | Path, file_names: list[str], limit: int = 200
         seen += len(files)
         if seen > limit:
             break
-    hints = {}
+    messages = {}
     for base, name in wanted.items():
+        messages[name] = f"file {name} not found in {images_dir}"
         places = found.get(base, [])
         if len(places) != 1:
             continue
@@ -85,11 +87,11 @@ def missing_hint(images_dir: str | Path, file_names: list[str], limit: int = 200
         while given.startswith("./"):
             given = given[2:]
         if rel.endswith("/" + given):  # --images one folder (or more) too high
-            hints[name] = f"it is at {root / rel}: pass --images {root / rel[: -len(given) - 1]}"
+            messages[name] += f" (it is at {root / rel}: pass --images {root / rel[: -len(given) - 1]})"
         else:
-            hints[name] = (f"a file of that name is at {root / rel}; file_name must be the image's path "
-                           f"relative to --images")
-    return hints
+            messages[name] += (f" (a file of that name is at {root / rel}; file_name must be the image's path "
+                               f"relative to --images)")
+    return messages
 
 
 def looks_readable(path: str | Path) -> bool:

@@ -22,9 +22,10 @@ from ..io.coco import (
     check_dataset,
     dumps,
     first_error,
+    read_recorded_image,
     segmentation_kind_safe,
 )
-from ..io.images import ImageReadError, image_path, read_image, read_image_as_recorded
+from ..io.images import ImageReadError, image_path
 from ..predictor import InstanceMask, Predictor, RefineSettings
 from .journal import Journal, fingerprint
 from .pipeline import batch_groups, run_pipeline
@@ -275,22 +276,11 @@ EXIF_AS_STORED = "exif-as-stored"  # the flag of objects whose image was read wi
 
 
 def read_checked_image(path: Path, info: dict) -> tuple[np.ndarray, bool]:
-    """The image of record ``info`` read from ``path`` and whether it was read as stored, without its
-    EXIF rotation, because only so does it have the record's size (``read_image_as_recorded``); a
-    ``CocoError`` naming the image id when it cannot be read (``UnreadableImage``) or disagrees with
-    the record's width/height (where the record has them)."""
+    """``read_recorded_image``, an image that cannot be read named by its id (``UnreadableImage``)."""
     try:
-        if "width" in info:
-            image, as_stored = read_image_as_recorded(path, info["height"], info["width"])
-        else:
-            image, as_stored = read_image(path), False
+        return read_recorded_image(path, info)
     except ImageReadError as e:
         raise UnreadableImage(f"image {info['id']}: {e}") from None
-    h, w = image.shape[:2]
-    if "width" in info and (h, w) != (info["height"], info["width"]):
-        raise CocoError(f"image {info['id']} ({info['file_name']}): file is {w}x{h} but the JSON says "
-                        f"{info['width']}x{info['height']}; fix width/height in the JSON")
-    return image, as_stored
 
 
 def load_checked_image(images_dir: Path, info: dict) -> tuple[np.ndarray, bool]:
