@@ -112,6 +112,28 @@ def refuse_folder_over_inputs(output: Path, *inputs: Path | None) -> None:
                             "its images), --overwrite or not; write to another folder")
 
 
+def open_journal(journal, resume: bool, overwrite: bool) -> None:
+    """An interrupted run's journal beside the output is continued only with --resume and discarded
+    only with --overwrite; otherwise the run stops before any work."""
+    if journal.exists() and not resume:
+        if not overwrite:
+            raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
+                            "or --overwrite to start over")
+        journal.remove()
+
+
+@contextlib.contextmanager
+def resumable(journal, command: str):
+    """Ctrl-C during a journalled job: one line saying how to continue, exit 130 (no traceback)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("", err=True)  # past the progress bar's line
+        warn(f"interrupted; the finished images are kept in {journal.path}: run the same `refinemask {command}` "
+             "with --resume to continue")
+        sys.exit(130)
+
+
 class UserError(click.ClickException):
     """Bad input: one line, exit 1."""
 
@@ -291,7 +313,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
     import time
 
     from .console import progress
-    from .io.coco import dumps, write_json_atomic, write_text_atomic
+    from .io.coco import dumps, write_text_atomic
     from .io.lock import output_lock
     from .jobs import refine as job
     from .jobs.shard import current_shard
@@ -337,11 +359,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
         source = input_json if input_json.is_file() else dumps(doc).encode()
         journal = job.Journal(output, job.fingerprint(source, ckpt, options, predictor.runtime + shard.suffix),
                               shard.suffix)
-        if journal.exists() and not resume:
-            if not overwrite:
-                raise UserError(f"{journal.path} holds an interrupted run; pass --resume to continue it "
-                                "or --overwrite to start over")
-            journal.remove()
+        open_journal(journal, resume, overwrite)
         n_images = len({a.get("image_id") for a in doc["annotations"] if crowd == "refine" or not a.get("iscrowd", 0)})
         state = {"instances": 0, "t0": time.perf_counter()}
 
@@ -361,14 +379,12 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
                 rate = state["instances"] / max(time.perf_counter() - state["t0"], 1e-9)
                 bar.update(task, advance=n, instances=state["instances"], rate=rate)
 
-            out, rows, stats = job.refine_dataset(doc, images_dir, predictor, options, journal, resume, on_image,
-                                                  on_result, shard)
+            with resumable(journal, "refine"):
+                out, rows, stats = job.refine_dataset(doc, images_dir, predictor, options, journal, resume, on_image,
+                                                      on_result, shard)
         losses = None
         if shard.is_main:
-            if fmt == "coco":
-                write_json_atomic(out, output, overwrite=True)
-            else:
-                losses = write_folder(out, output, fmt, images_dir)
+            losses = write_output(out, output, fmt, images_dir)
             if report:
                 write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
         shard.barrier()  # the journals go only once the output is written
@@ -411,18 +427,26 @@ def threshold_note(predictor, given: float | None) -> str:
     return f"{predictor.threshold:g} from boxes, {predictor.mask_prompt_threshold:g} from coarse masks"
 
 
-def write_folder(doc: dict, out_dir: Path, fmt: str, images_dir: Path | None):
-    """Write ``doc`` as a LabelMe folder or a YOLO-seg dataset at ``out_dir`` in one rename (an
-    existing one replaced: callers refuse without --overwrite first); what the format lost."""
-    from .io.coco import dumps
+def write_output(doc: dict, output: Path, fmt: str, images_dir: Path | None):
+    """Write COCO document ``doc`` at ``output`` as ``fmt`` (coco: as it is; coco-results: its
+    results list; labelme, yolo-seg: a folder), replacing what is there in one rename (callers refuse
+    without --overwrite first); what the format lost (None for coco)."""
+    from .io.coco import dumps, write_json_atomic
     from .jobs import formats
 
+    if fmt == "coco":
+        write_json_atomic(doc, output, overwrite=True)
+        return None
+    if fmt == "coco-results":
+        results, losses = formats.to_coco_results(doc)
+        write_json_atomic(results, output, overwrite=True)
+        return losses
     if fmt == "labelme":
-        files, losses = formats.labelme_files(doc, images_dir, out_dir)
-        formats.write_dir_atomic({name: dumps(d) for name, d in files.items()}, out_dir, overwrite=True)
+        files, losses = formats.labelme_files(doc, images_dir, output)
+        formats.write_dir_atomic({name: dumps(d) for name, d in files.items()}, output, overwrite=True)
     else:
         texts, copies, losses = formats.yolo_dataset(doc, images_dir)
-        formats.write_dir_atomic(texts, out_dir, overwrite=True, copies=copies)
+        formats.write_dir_atomic(texts, output, overwrite=True, copies=copies)
     return losses
 
 
@@ -478,20 +502,37 @@ def require_valid(doc: dict, path: Path) -> None:
 @click.option("--skip-unreadable", is_flag=True,
               help="Leave images that cannot be decoded out of the output (each named in a warning) instead "
                    "of stopping at the first.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--recursive", is_flag=True,
+              help="Predict the images in IMAGES_DIR's sub-folders too (file names keep their sub-folders).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (and discard an old journal).")
 @handle_errors
 def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | None, max_detections: int | None,
             like_json: Path | None, category: str | None, output_format: str, simplify: float,
             weights: Path | None, device: str, precision: str, batch_size: int | None, canvas: int,
-            vis_dir: Path | None, skip_unreadable: bool, overwrite: bool) -> None:
+            vis_dir: Path | None, skip_unreadable: bool, recursive: bool, resume: bool, overwrite: bool) -> None:
     """Detect and segment every image in IMAGES_DIR; write COCO, COCO results, LabelMe or YOLO-seg."""
+    from .io.lock import output_lock
+    from .jobs.shard import current_shard
+
+    shard = current_shard()  # under torchrun: each rank predicts its share, rank 0 writes
+    # one run per output: a second one stops at once (rank 0 holds the lock for all ranks)
+    with output_lock(output) if shard.is_main else contextlib.nullcontext():
+        _predict(images_dir, output, fmt, score_threshold, max_detections, like_json, category, output_format,
+                 simplify, weights, device, precision, batch_size, canvas, vis_dir, skip_unreadable, recursive,
+                 resume, overwrite, shard)
+
+
+def _predict(images_dir, output, fmt, score_threshold, max_detections, like_json, category, output_format, simplify,
+             weights, device, precision, batch_size, canvas, vis_dir, skip_unreadable, recursive, resume, overwrite,
+             shard) -> None:
     import time
 
     from .console import progress
-    from .io.coco import read_coco, write_json_atomic
+    from .io.coco import dumps, read_coco
     from .jobs import formats
     from .jobs import predict as job
-    from .jobs.shard import current_shard
+    from .jobs.journal import Journal, fingerprint
     from .jobs.vis import overlay_path, write_overlay
     from .predictor import PredictSettings
     from .weights.checkpoint import detector_trained, resolve_weights
@@ -499,6 +540,8 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     refuse_overwrite(output, overwrite)
     if category is not None and like_json is None:
         raise click.UsageError("--category goes with --like")
+    if recursive and like_json is not None:
+        raise click.UsageError("--recursive goes without --like (the --like dataset's file names say where its images are)")
     if fmt in ("labelme", "yolo-seg"):
         refuse_folder_over_inputs(output, images_dir, like_json)
     like = None
@@ -507,8 +550,9 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
         require_valid(like, like_json)
         entries = job.like_entries(like, images_dir)
     else:
-        entries = job.folder_entries(images_dir)
-    shard = current_shard()  # under torchrun: each rank predicts its share, rank 0 writes
+        # outputs written inside the images folder (a YOLO dataset's images, overlays) are not inputs
+        outputs = [p for p in (output if fmt in ("labelme", "yolo-seg") else None, vis_dir) if p is not None]
+        entries = job.folder_entries(images_dir, recursive, exclude=outputs)
     predictor, ckpt = make_predictor(weights, device, precision, batch_size, task="predict", canvas=canvas)
     meta = ckpt.get("meta", {})
     if detector_trained(meta) is False and shard.is_main:
@@ -522,6 +566,13 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
         category_ids = [c["id"] for c in categories]
     # file names a folder format cannot hold (a.jpg and a.png: one a.json): said now, not after the job
     formats.check_folder_output({"images": [e.info for e in entries], "categories": categories}, fmt)
+    # what decides the annotations (not --format: a resumed run may write another one)
+    source = dumps({"images": [[e.info, e.path.name] for e in entries], "categories": categories,
+                    "category_ids": category_ids}).encode()
+    options = {"score_threshold": settings.score_threshold, "max_detections": settings.max_detections,
+               "output_format": output_format, "simplify": simplify}
+    journal = Journal(output, fingerprint(source, ckpt, options, predictor.runtime + shard.suffix), shard.suffix)
+    open_journal(journal, resume, overwrite)
     t0 = time.perf_counter()
     count = {"n": 0}
 
@@ -529,6 +580,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
         if vis_dir is not None:
             write_overlay(overlay_path(vis_dir, info), image, [], anns)
 
+    resumed: list[int] = []
     with progress(len(entries), show=shard.is_main) as bar:
         task = bar.add_task("predict", total=len(entries), instances=0, rate=0.0)
 
@@ -538,35 +590,35 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
 
         skipped: list[str] | None = [] if skip_unreadable else None
         try:
-            doc = job.predict_entries(entries, predictor, settings, categories, category_ids, output_format,
-                                      simplify, on_image, on_result, shard, skipped)
+            with resumable(journal, "predict"):
+                doc = job.predict_entries(entries, predictor, settings, categories, category_ids, output_format,
+                                          simplify, on_image, on_result, shard, skipped, journal, resume, resumed)
         except job.UnreadableImage as e:
-            raise UserError(f"{e}; fix or remove it, or pass --skip-unreadable to leave such images out") from None
+            raise UserError(f"{e}; fix or remove it, or pass --skip-unreadable to leave such images out "
+                            f"(the images before it are kept for --resume)") from None
     if skipped and not doc["images"]:
         raise UserError(f"{images_dir}: none of the {len(entries)} images could be read ({skipped[0]})")
+    losses = None
+    if shard.is_main:
+        if skipped:  # after the progress bar, before the output: what the output does not hold
+            warn(f"{len(skipped)} unreadable image(s) left out (--skip-unreadable): {'; '.join(skipped[:3])}"
+                 + ("; ..." if len(skipped) > 3 else ""))
+        losses = write_output(doc, output, fmt, images_dir)
+    shard.barrier()  # the journals go only once the output is written
+    journal.remove()
     if not shard.is_main:
         return
-    if skipped:  # after the progress bar, before the output: what the output does not hold
-        warn(f"{len(skipped)} unreadable image(s) left out (--skip-unreadable): {'; '.join(skipped[:3])}"
-             + ("; ..." if len(skipped) > 3 else ""))
-    losses = None
-    if fmt == "coco":
-        write_json_atomic(doc, output, overwrite=True)
-    elif fmt == "coco-results":
-        results, losses = formats.to_coco_results(doc)
-        write_json_atomic(results, output, overwrite=True)
-    else:
-        losses = write_folder(doc, output, fmt, images_dir)
     for line in (losses.lines(fmt) if losses else []):
         warn(line)
     elapsed = time.perf_counter() - t0
-    source = "given" if score_threshold is not None else (
+    source_note = "given" if score_threshold is not None else (
         "the weights' default" if "predict_score_threshold" in meta else "default")
     console.print(summary_table("refinemask predict", [
-        ("images", str(len(doc["images"])) + (f" (ids from {like_json})" if like_json else "")),
+        ("images", str(len(doc["images"])) + (f" (ids from {like_json})" if like_json else "")
+         + (f" ({len(resumed)} from the journal)" if resumed else "")),
         ("instances", str(len(doc["annotations"]))),
-        ("kept", f"score >= {settings.score_threshold:g} ({source}), at most {settings.max_detections} per image"),
-        ("time", f"{elapsed:.1f} s ({len(doc['images']) / max(elapsed, 1e-9):.2f} images/s)"),
+        ("kept", f"score >= {settings.score_threshold:g} ({source_note}), at most {settings.max_detections} per image"),
+        ("time", f"{elapsed:.1f} s ({(len(doc['images']) - len(resumed)) / max(elapsed, 1e-9):.2f} images/s)"),
         ("output", f"{output} ({fmt})"),
     ]))
 
@@ -584,7 +636,6 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
 def export(input_json: Path, target: str, output: Path, images_dir: Path | None, overwrite: bool) -> None:
     """Convert a COCO dataset (or a LabelMe folder or YOLO-seg dataset) to another format, warning
     where the format loses information."""
-    from .io.coco import write_json_atomic
     from .jobs import formats
 
     refuse_overwrite(output, overwrite)
@@ -592,14 +643,11 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
     require_valid(doc, input_json)
     if target in ("labelme", "yolo-seg"):
         refuse_folder_over_inputs(output, input_json, images_dir)
-    if target == "coco-results":
-        results, losses = formats.to_coco_results(doc)
-        write_json_atomic(results, output, overwrite=True)
-    elif target == "coco":
-        converted, losses = formats.to_polygon_coco(doc)
-        write_json_atomic(converted, output, overwrite=True)
+    if target == "coco":
+        converted, losses = formats.to_polygon_coco(doc)  # RLE turned into polygons where faithful
+        write_output(converted, output, "coco", images_dir)
     else:
-        losses = write_folder(doc, output, target, images_dir)
+        losses = write_output(doc, output, target, images_dir)
     for line in losses.lines(target):
         warn(line)
     console.print(f"wrote {output} ({target}, {len(doc['images'])} images, {len(doc['annotations'])} annotations)")

@@ -97,6 +97,92 @@ def test_predict_in_batches_keeps_order_and_ids(weights, tmp_path):
     assert abs(len(one["annotations"]) - len(two["annotations"])) <= 2  # padding nudges scores near 0
 
 
+@pytest.mark.parametrize("batch,stop_after", [(1, 2), (2, 2), (3, 1)])
+def test_predict_resumes_after_ctrl_c_with_identical_output(weights, tmp_path, monkeypatch, batch, stop_after):
+    """Ctrl-C mid-run: exit 130, one line saying how to go on, no output, a journal of the finished
+    images. A run with other settings refuses the journal; --resume gives the uninterrupted run's
+    bytes (images of different sizes pad together, so batches must be the same), in any format."""
+    from refinemask_cli.predictor import Predictor
+
+    make_dataset(tmp_path, n_images=5)
+    base = ["--weights", weights, "--score-threshold", "0", "--batch-size", batch, "--device", "cpu"]
+    full = tmp_path / "full.json"
+    assert run("predict", tmp_path, "-o", full, *base).exit_code == 0
+    out = tmp_path / "out.json"
+    journal = tmp_path / "out.json.journal"
+    real = Predictor.predict
+    calls = []
+
+    def interrupted(self, *a, **k):  # the (stop_after + 1)-th forward pass never finishes
+        if len(calls) == stop_after:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(Predictor, "predict", interrupted)
+        r = run("predict", tmp_path, "-o", out, *base, "--vis-dir", tmp_path / "vis")
+    assert r.exit_code == 130 and "interrupted" in r.output and "--resume" in r.output
+    assert "Traceback" not in r.output and not out.exists() and journal.exists()
+    # whole batches only: those before the last finished one surely, that one perhaps, never the
+    # interrupted one (a batch is handed on after the next one's forward pass)
+    from_journal = len(journal.read_text().splitlines()) - 1
+    assert (stop_after - 1) * batch <= from_journal <= stop_after * batch and from_journal % batch == 0
+    with open(journal, "a") as f:
+        f.write('{"image_id": 5, "resu')  # a torn last line from a kill
+    r = run("predict", tmp_path, "-o", out, *base)
+    assert r.exit_code == 1 and "pass --resume" in r.output
+    r = run("predict", tmp_path, "-o", out, *base, "--resume", "--max-detections", "3")
+    assert r.exit_code == 1 and "another input, weights or options" in r.output
+    r = run("predict", tmp_path, "-o", out, *base, "--resume")
+    assert r.exit_code == 0, r.output
+    assert (f"{from_journal} from the journal" in " ".join(r.output.split())) == bool(from_journal)
+    assert out.read_bytes() == full.read_bytes() and not journal.exists()
+    # interrupted again, then resumed as another format: the journal holds annotations, not a file
+    with monkeypatch.context() as m:
+        calls.clear()
+        m.setattr(Predictor, "predict", interrupted)
+        assert run("predict", tmp_path, "-o", tmp_path / "res.json", *base, "--format", "coco-results").exit_code == 130
+    assert run("predict", tmp_path, "-o", tmp_path / "res.json", *base, "--resume", "--format", "coco-results",
+               ).exit_code == 0
+    want = run("predict", tmp_path, "-o", tmp_path / "res_full.json", *base, "--format", "coco-results")
+    assert want.exit_code == 0
+    assert (tmp_path / "res.json").read_bytes() == (tmp_path / "res_full.json").read_bytes()
+
+
+def test_predict_recursive_keeps_sub_folders_and_leaves_its_outputs_out(weights, tmp_path):
+    """Images only in sub-folders: refused with a hint to pass --recursive; with it, file names keep
+    their sub-folders (ids in path order), hidden folders and outputs written inside the images
+    folder are not read as inputs, and each format and overlay mirrors the sub-folders."""
+    import shutil
+
+    make_dataset(tmp_path, n_images=3)
+    imgs = tmp_path / "imgs"
+    for i, sub in enumerate(["b", "a/deep", ".cache"]):
+        (imgs / sub).mkdir(parents=True)
+        shutil.copy(tmp_path / f"img_{i}.png", imgs / sub / "x.png")
+    base = ["--weights", weights, "--score-threshold", "0", "--device", "cpu"]
+    r = run("predict", imgs, "-o", tmp_path / "p.json", *base)
+    assert r.exit_code == 1 and "2 in its sub-folders (e.g. a/deep/x.png): pass --recursive" in r.output
+    r = run("predict", imgs, "-o", tmp_path / "p.json", *base, "--recursive", "--like", tmp_path / "c.json")
+    assert r.exit_code == 2
+    r = run("predict", imgs, "-o", tmp_path / "p.json", *base, "--recursive", "--vis-dir", imgs / "vis")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert [(im["id"], im["file_name"]) for im in doc["images"]] == [(1, "a/deep/x.png"), (2, "b/x.png")]
+    assert sorted(p.relative_to(imgs / "vis").as_posix() for p in (imgs / "vis").rglob("*.png")) == [
+        "a/deep/x_1.png", "b/x_2.png"]
+    for fmt in ("labelme", "yolo-seg"):  # written inside the images folder, run twice: never an input
+        for _ in range(2):
+            r = run("predict", imgs, "-o", imgs / fmt, *base, "--recursive", "--format", fmt, "--overwrite",
+                    "--vis-dir", imgs / "vis")
+            assert r.exit_code == 0, r.output
+            assert "images │ 2 │" in " ".join(r.output.split())
+    assert (imgs / "labelme" / "a" / "deep" / "x.json").exists() and (imgs / "labelme" / "b" / "x.json").exists()
+    assert sorted(p.relative_to(imgs / "yolo-seg").as_posix() for p in (imgs / "yolo-seg").rglob("*.txt")) == [
+        "labels/a/deep/x.txt", "labels/b/x.txt"]
+
+
 def test_predict_bad_folder(weights, tmp_path):
     r = run("predict", tmp_path / "none", "-o", tmp_path / "p.json", "--weights", weights)
     assert r.exit_code == 1 and "not found" in r.output
@@ -117,8 +203,12 @@ def test_predict_skips_unreadable_images_only_when_asked(weights, tmp_path):
     r = run("predict", tmp_path, "-o", tmp_path / "p.json", *base)
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and not (tmp_path / "p.json").exists()
     assert "img_1.png: not a readable image" in r.output and "pass --skip-unreadable" in r.output
+    assert "kept for --resume" in r.output and (tmp_path / "p.json.journal").exists()
     r = run("predict", tmp_path, "-o", tmp_path / "p.json", *base, "--skip-unreadable")
+    assert r.exit_code == 1 and "pass --resume to continue it" in r.output
+    r = run("predict", tmp_path, "-o", tmp_path / "p.json", *base, "--skip-unreadable", "--resume")
     assert r.exit_code == 0, r.output
+    assert not (tmp_path / "p.json.journal").exists()
     assert "1 unreadable image(s) left out (--skip-unreadable): image 2: " in r.output and "img_1.png" in r.output
     doc = json.loads((tmp_path / "p.json").read_text())
     assert [im["file_name"] for im in doc["images"]] == ["img_0.png", "img_2.png"]

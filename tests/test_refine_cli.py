@@ -253,6 +253,26 @@ def test_resume_after_interruption_gives_identical_output(weights, tmp_path, bat
     assert not journal.path.exists()
 
 
+def test_ctrl_c_says_how_to_resume(weights, tmp_path, monkeypatch):
+    """Ctrl-C during refine: exit 130 and one line naming the journal and --resume, no traceback."""
+    src = make_dataset(tmp_path, n_images=3)
+    real = Predictor.refine_many
+    calls = []
+
+    def interrupted(self, *a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Predictor, "refine_many", interrupted)
+    out = tmp_path / "out.json"
+    r = run("refine", src, "--images", tmp_path, "-o", out, "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    assert "interrupted" in r.output and "out.json.journal" in r.output and "--resume" in r.output
+    assert not out.exists() and (tmp_path / "out.json.journal").exists()
+
+
 def test_batched_refine_agrees_with_one_image_at_a_time(weights, tmp_path):
     src = make_dataset(tmp_path, n_images=3)
     outs = []

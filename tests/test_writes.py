@@ -26,19 +26,22 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_second_run_on_the_same_output_stops_at_once(weights, tmp_path):
+@pytest.mark.parametrize("command", ["refine", "predict"])
+def test_second_run_on_the_same_output_stops_at_once(weights, tmp_path, command):
     src = make_dataset(tmp_path)
-    out = tmp_path / "refined.json"
+    out = tmp_path / "out.json"
+    args = [command, *([src, "--images"] if command == "refine" else []), tmp_path, "-o", out,
+            "--weights", weights, "--device", "cpu"]
     with output_lock(out):
         t = time.perf_counter()
-        r = run("refine", src, "--images", tmp_path, "-o", out, "--weights", weights, "--device", "cpu")
+        r = run(*args)
         assert time.perf_counter() - t < 30
         assert r.exit_code == 1 and "being written by another refinemask run" in r.output
         assert len(r.output.strip().splitlines()) == 1 and not out.exists()
         with pytest.raises(OutputLocked), output_lock(out):
             pass
     assert not lock_path(out).exists()  # released and removed
-    r = run("refine", src, "--images", tmp_path, "-o", out, "--weights", weights, "--device", "cpu")
+    r = run(*args)
     assert r.exit_code == 0, r.output
     assert not lock_path(out).exists()
 

@@ -1,5 +1,5 @@
-"""The resume journal of ``refine``: one fsync'd JSON line per finished image beside the output, under
-a header line with the fingerprint of everything that decides the exact output."""
+"""The resume journal of ``refine`` and ``predict``: one fsync'd JSON line per finished image beside
+the output, under a header line with the fingerprint of everything that decides the exact output."""
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +25,8 @@ class Journal:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def load(self) -> dict[int, list[dict]]:
-        done: dict[int, list[dict]] = {}
+    def load(self) -> dict[int, object]:
+        done: dict[int, object] = {}
         with open(self.path, encoding="utf-8") as f:
             lines = f.read().split("\n")
         if not lines or not lines[0]:
@@ -47,7 +47,7 @@ class Journal:
         with open(self.path, "w", encoding="utf-8") as f:
             f.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
 
-    def append(self, image_id: int, results: list[dict]) -> None:
+    def append(self, image_id: int, results: object) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"image_id": image_id, "results": results}) + "\n")
             f.flush()
@@ -57,11 +57,12 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def fingerprint(input_json: Path | bytes, weights: dict, options: RefineOptions, runtime: str = "") -> str:
+def fingerprint(input_json: Path | bytes, weights: dict, options: RefineOptions | dict, runtime: str = "") -> str:
     """What decides a run's exact output: the input file (hashed in 1 MiB blocks, never held whole;
     or the given bytes), the weights (a checkpoint as read: its tensors' sha256 and its config, whose
     inference settings such as the mask thresholds change outputs without changing a tensor), the
-    options and the runtime (device kind, precision, batch size)."""
+    options (a dataclass or a plain dict of JSON values) and the runtime (device kind, precision,
+    batch size)."""
     h = hashlib.sha256()
     if isinstance(input_json, bytes):
         h.update(input_json)
@@ -71,6 +72,6 @@ def fingerprint(input_json: Path | bytes, weights: dict, options: RefineOptions,
                 h.update(block)
     h.update(weights["sha256"].encode())
     h.update(json.dumps(weights["config"], sort_keys=True).encode())
-    h.update(json.dumps(asdict(options), sort_keys=True).encode())
+    h.update(json.dumps(options if isinstance(options, dict) else asdict(options), sort_keys=True).encode())
     h.update(runtime.encode())
     return h.hexdigest()

@@ -2,17 +2,19 @@
 
 Image ids, file names and categories come either from the folder (ids 1..N in sorted file-name
 order, the model's classes) or, with ``like``, from an existing COCO dataset, so that the results
-load against it (pycocotools ``loadRes``, ``refinemask evaluate``).
+load against it (pycocotools ``loadRes``, ``refinemask evaluate``). A journal (``journal.py``, the
+one ``refine`` keeps) makes an interrupted run resumable with exactly the output of an uninterrupted one.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.coco import CocoError
 from ..io.images import SUFFIXES
 from ..predictor import Predictor, PredictSettings
+from .journal import Journal
 from .paths import safe_relative
 from .pipeline import batch_groups, run_pipeline
 from .refine import UnreadableImage, encode_output, read_checked_image
@@ -27,18 +29,42 @@ class Entry:
     path: Path
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (by suffix), sorted by name."""
+def _images_below(folder: Path, exclude: Sequence[Path]) -> list[Path]:
+    """Image files in ``folder``'s sub-folders (hidden ones and those in ``exclude`` left out), sorted
+    by path."""
+    skip = {Path(p).resolve() for p in exclude}
+    found = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts[:-1]) or not path.is_file():
+            continue
+        if path.suffix.lower() in SUFFIXES and not skip.intersection(path.resolve().parents):
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def list_images(folder: Path, recursive: bool = False, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Image files (by suffix) directly in ``folder``, sorted by name; with ``recursive``, in its
+    sub-folders too (hidden folders and the ``exclude`` folders, outputs inside it, left out), sorted
+    by their path below ``folder``."""
     if not folder.is_dir():
         raise ValueError(f"{folder}: images folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if recursive:
+        files = _images_below(folder, exclude)
+    else:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(sorted(SUFFIXES))}) found")
+        below = [] if recursive else _images_below(folder, exclude)
+        hint = (f"; {len(below)} in its sub-folders (e.g. {below[0].relative_to(folder).as_posix()}): pass "
+                "--recursive to predict them") if below else ""
+        raise ValueError(f"{folder}: no images ({', '.join(sorted(SUFFIXES))}) found{hint}")
     return files
 
 
-def folder_entries(folder: Path) -> list[Entry]:
-    return [Entry({"id": i + 1, "file_name": p.name}, p) for i, p in enumerate(list_images(folder))]
+def folder_entries(folder: Path, recursive: bool = False, exclude: Sequence[Path] = ()) -> list[Entry]:
+    """The folder's images with ids 1..N in listing order; file names relative to ``folder``."""
+    return [Entry({"id": i + 1, "file_name": p.relative_to(folder).as_posix()}, p)
+            for i, p in enumerate(list_images(folder, recursive, exclude))]
 
 
 def like_entries(doc: dict, folder: Path) -> list[Entry]:
@@ -103,6 +129,9 @@ def predict_entries(
     on_result: Callable[[dict, object, list[dict]], None] | None = None,
     shard: Shard | None = None,
     skipped: list[str] | None = None,
+    journal: Journal | None = None,
+    resume: bool = False,
+    resumed: list[int] | None = None,
 ) -> dict:
     """A COCO dataset: the entries' images, one annotation (with ``score``) per detection.
 
@@ -110,10 +139,18 @@ def predict_entries(
     polygons encoded while the next batch runs; annotation ids count from 1 in image order. With
     ``shard``, this process predicts its share of the batches and every rank returns the whole.
     An image that cannot be decoded stops the run (``UnreadableImage``), unless ``skipped`` is a
-    list: then it is left out of the output and its one-line reason appended there, in image order."""
+    list: then it is left out of the output and its one-line reason appended there, in image order.
+
+    With ``journal``, each finished image is appended to it (unreadable ones are not: a resumed run
+    reads them again); with ``resume`` too, the images an interrupted run's journal holds are taken
+    from it instead of predicted again (their batches whole, so every batch pads as before) and
+    their ids appended to ``resumed``."""
     shard = shard or Shard()
     done: dict[int, tuple[dict, list[dict]]] = {}  # entry index -> (image record, annotation fields)
     unread: dict[int, str] = {}  # entry index -> why its image was left out (with ``skipped``)
+    journaled: dict = journal.load() if (journal and resume and journal.exists()) else {}
+    if journal and not journaled:
+        journal.start()
 
     def read(item: tuple[int, Entry]):
         try:
@@ -153,6 +190,8 @@ def predict_entries(
                     on_image(1, 0)
                 continue
             info = {**entry.info, "width": image.shape[1], "height": image.shape[0]}
+            if journal:
+                journal.append(info["id"], {"image": info, "annotations": fields})
             anns = [{"image_id": info["id"], **f} for f in fields]
             done[index] = (info, anns)
             if on_result:
@@ -160,12 +199,30 @@ def predict_entries(
             if on_image:
                 on_image(1, len(anns))
 
-    groups = shard.take(batch_groups(list(enumerate(entries)), predictor.batch_size))
+    # the shard is cut from the batches of all entries, so resuming never moves an image
+    mine = shard.take(batch_groups(list(enumerate(entries)), predictor.batch_size))
+    groups = [g for g in mine if any(e.info["id"] not in journaled for _, e in g)]
+    redo = {e.info["id"] for g in groups for _, e in g}
+    for g in mine:
+        for index, entry in g:
+            rec = journaled.get(entry.info["id"])
+            if rec is None or entry.info["id"] in redo:
+                continue
+            info = rec["image"]
+            done[index] = (info, [{"image_id": info["id"], **f} for f in rec["annotations"]])
+            if resumed is not None:
+                resumed.append(info["id"])
+            if on_image:
+                on_image(1, len(rec["annotations"]))
+    journaled.clear()  # the journal's copies are not needed any more
     run_pipeline(groups, read, forward, finish, hand_on)
     if shard.world > 1:
-        for part_done, part_unread in shard.gather((done, unread)):
+        parts = shard.gather((done, unread, resumed or []))
+        for part_done, part_unread, _ in parts:
             done.update(part_done)
             unread.update(part_unread)
+        if resumed is not None:
+            resumed[:] = [i for part in parts for i in part[2]]
     if skipped is not None:
         skipped.extend(unread[k] for k in sorted(unread))
     images, annotations = [], []
