@@ -471,7 +471,7 @@ def require_valid(doc: dict, path: Path) -> None:
 
     problem = first_error(check_dataset(doc))
     if problem:
-        raise UserError(f"{path}: {problem} (run `refinemask validate` for the full list)")
+        raise UserError(f"{path}: {problem} (`refinemask validate` lists them all; with --fix it repairs what it can)")
 
 
 @main.command()
@@ -657,42 +657,93 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
 @click.argument("input_json", type=click.Path(path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also check that every image file is present (a LabelMe or YOLO input checks its own).")
+@click.option("--fix", is_flag=True,
+              help="Repair what can be repaired without guessing (degenerate polygon rings, boxes made from the "
+                   "segmentation, duplicate or missing annotation ids, image sizes from the files with --images) "
+                   "and write the dataset to -o; each change is listed.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --fix: the repaired COCO JSON (written only when no error is left).")
+@click.option("--drop-invalid", is_flag=True,
+              help="With --fix: drop the annotations whose errors cannot be repaired (each named).")
+@click.option("--overwrite", is_flag=True, help="With --fix: replace an existing -o.")
 @handle_errors
-def validate(input_json: Path, images_dir: Path | None) -> None:
+def validate(input_json: Path, images_dir: Path | None, fix: bool, output: Path | None, drop_invalid: bool,
+             overwrite: bool) -> None:
     """Check a COCO file (or a LabelMe folder or YOLO-seg dataset) the way pycocotools and training
-    code will use it; list every problem."""
+    code will use it; list every problem. With --fix -o OUT.json, repair what can be repaired."""
     from .io.coco import check_dataset
 
+    if (output is not None or drop_invalid) and not fix:
+        raise click.UsageError("-o and --drop-invalid go with --fix")
+    if fix and output is None:
+        raise click.UsageError("--fix needs -o OUT.json: the input is never changed")
+    if fix:
+        if output.resolve() == input_json.resolve():
+            raise click.UsageError("-o names the input; write the repaired dataset to another file (the input is "
+                                   "never changed)")
+        refuse_overwrite(output, overwrite)
     notes: list = []
     doc, images_dir = read_input(input_json, images_dir, notes)
-    problems = notes + check_dataset(doc, images_dir)
-    if images_dir is not None:  # what refine would meet reading them: unreadable files, wrong sizes
-        from .io.coco import CocoError, Problem
-        from .jobs.refine import load_checked_image
+    changes: list = []
+    if fix:
+        from .io.repair import image_size_reader, repair_dataset
 
-        bad_images = {p.where for p in problems if p.level == "error" and p.where.startswith("image ")}
-        for info in doc["images"]:
-            if not isinstance(info, dict) or f"image {info.get('id')}" in bad_images:
-                continue
-            try:
-                _, as_stored = load_checked_image(images_dir, info)
-            except CocoError as e:
-                where, _, message = str(e).partition(": ")
-                problems.append(Problem("error", where, message))
-                continue
-            if as_stored:  # read so by refine and train too: told, since other tools may rotate it
-                problems.append(Problem("warning", f"image {info['id']}",
-                                        f"{info['file_name']} is {info['width']}x{info['height']} only as stored, "
-                                        "before its EXIF rotation: read so (the annotations fit that); a tool "
-                                        "that applies the rotation will not match them"))
+        rep = repair_dataset(doc, image_size_reader(images_dir) if images_dir is not None else None, drop_invalid,
+                             images_dir)
+        doc, changes = rep.doc, rep.fixes + rep.dropped
+        problems = [*notes, *rep.remaining]
+    else:
+        problems = notes + check_dataset(doc, images_dir)
+    if images_dir is not None:  # readable, of the record's size (with --fix, the repaired one)
+        problems += image_problems(doc, images_dir, problems)
     errors = [p for p in problems if p.level == "error"]
-    for p in problems:
+    for p in [*changes, *problems]:
         problem_line(p.level, str(p))
+    dropped = sum(1 for c in changes if c.level == "dropped")
     console.print(f"{input_json}: {len(doc['images'])} images, {len(doc['annotations'])} annotations, "
                   f"{len(doc.get('categories', []))} categories; {len(errors)} errors, "
-                  f"{len(problems) - len(errors)} warnings")
+                  f"{len(problems) - len(errors)} warnings"
+                  + (f"; {len(changes) - dropped} fixes, {dropped} annotations dropped" if fix else ""))
     if errors:
+        if fix:
+            hints = []
+            if not drop_invalid and any(p.where.startswith("annotation ") for p in errors):
+                hints.append("--drop-invalid drops the annotations among them")
+            if images_dir is None and any("width/height" in p.message for p in errors):
+                hints.append("--images reads missing image sizes from the files")
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            warn(f"{output} not written: {len(errors)} error(s) are left that --fix cannot repair{hint}")
         click.get_current_context().exit(1)
+    if fix:
+        from .io.coco import write_json_atomic
+
+        write_json_atomic(doc, output, overwrite=True)
+        console.print(f"wrote {output}")
+
+
+def image_problems(doc: dict, images_dir: Path, problems: list) -> list:
+    """What refine would meet reading the images the document's problems leave alone: unreadable
+    files, sizes that disagree with the record, photos read as stored."""
+    from .io.coco import CocoError, Problem
+    from .jobs.refine import load_checked_image
+
+    found = []
+    bad_images = {p.where for p in problems if p.level == "error" and p.where.startswith("image ")}
+    for info in doc["images"]:
+        if not isinstance(info, dict) or f"image {info.get('id')}" in bad_images:
+            continue
+        try:
+            _, as_stored = load_checked_image(images_dir, info)
+        except CocoError as e:
+            where, _, message = str(e).partition(": ")
+            found.append(Problem("error", where, message))
+            continue
+        if as_stored:  # read so by refine and train too: told, since other tools may rotate it
+            found.append(Problem("warning", f"image {info['id']}",
+                                 f"{info['file_name']} is {info['width']}x{info['height']} only as stored, "
+                                 "before its EXIF rotation: read so (the annotations fit that); a tool "
+                                 "that applies the rotation will not match them"))
+    return found
 
 
 @main.command()

@@ -26,7 +26,7 @@ def warn(message: str) -> None:
 
 def problem_line(level: str, text: str) -> None:
     """One ``validate`` line: the level coloured, the problem as written."""
-    style = "red" if level == "error" else "yellow"
+    style = {"error": "red", "fixed": "green", "dropped": "magenta"}.get(level, "yellow")
     console.print(f"[{style}]{level:7s}[/] {escape(text)}", markup=True)
 
 

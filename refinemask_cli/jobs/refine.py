@@ -178,7 +178,9 @@ def validate_for_refine(doc: dict, images_dir: Path, options: RefineOptions) -> 
     """Check the whole document before any work; returns the annotations to refine per image id."""
     problem = first_error(check_dataset(doc, images_dir))
     if problem:
-        raise CocoError(f"{problem}")
+        hint = ("; `refinemask validate --fix` lists them all and repairs what it can"
+                if problem.where.startswith("annotation") else "")
+        raise CocoError(f"{problem}{hint}")
     per_image: dict[int, list[dict]] = {}
     for ann in doc["annotations"]:
         if ann.get("iscrowd", 0) and options.crowd == "keep":
