@@ -185,6 +185,52 @@ def main(debug: bool) -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@handle_errors
+def env(as_json: bool) -> None:
+    """What this installation runs on: versions, CPU and GPUs, the default weights and what is wrong
+    among them (paste it into a bug report). Exit 1 where a command would fail (weights missing)."""
+    import json
+
+    from .jobs.env import environment, problems
+
+    info = environment()
+    found = problems(info)
+    if as_json:
+        click.echo(json.dumps({**info, "problems": [{"level": lv, "message": m} for lv, m in found]}, indent=2))
+    else:
+        cuda = info["cuda"]
+        gpus = "; ".join(f"{g['name']} ({g['memory_gib']} GiB)" for g in cuda["devices"])
+        rows = [
+            ("refinemask", f"{info['refinemask']['version']} ({info['refinemask']['package']})"),
+            ("python", f"{info['python']['version']} ({info['python']['executable']}; {info['python']['platform']})"),
+            # the other opencv wheel only where it is there too
+            *[(d, v or "not installed") for d, v in info["packages"].items()
+              if v or not d.startswith("opencv")],
+            ("optional", ", ".join(f"{d} {v}" for d, v in info["optional"].items() if v) or "none"),
+            ("cpu", (f"{info['cpu']['cores']} cores, torch uses {info['cpu']['torch_threads']} threads"
+                     + (f", {info['cpu']['capability']}" if info["cpu"]["capability"] else ""))),
+            ("cuda", (f"yes: {gpus} (torch built for CUDA {cuda['torch_cuda']})" if cuda["available"] else
+                      "no" + (f" (torch built for CUDA {cuda['torch_cuda']}, no GPU visible)" if cuda["torch_cuda"]
+                              else " (a CPU-only torch)"))),
+            ("--device auto", info["device_auto"]),
+        ]
+        if info["weights_env"]:
+            rows.append(("REFINEMASK_WEIGHTS", info["weights_env"]))
+        for task, w in info["weights"].items():
+            if w.get("error"):
+                rows.append((f"{task} weights", w["path"] or "missing"))
+            else:
+                rows.append((f"{task} weights", (f"{w['path']} ({w['size_mb']} MB, sha256 {w['sha256'][:12]}, "
+                                                 f"detector {w['detector']})")))
+        console.print(kv_table("refinemask env", rows))
+        for level, message in found:
+            problem_line(level, message)
+    if any(level == "error" for level, _ in found):
+        click.get_current_context().exit(1)
+
+
 @main.group()
 def weights() -> None:
     """Inspect and convert model weights."""

@@ -105,3 +105,37 @@ def test_a_missing_image_found_elsewhere_below_images_is_pointed_at(tmp_path):
            "must be the image's path relative to --images)" in r.output, r.output
     assert f"image 3: file both.png not found in {root}\n" in r.output  # two candidates: no guess
     assert f"image 4: file gone.png not found in {root}\n" in r.output
+
+
+def test_env_reports_versions_devices_and_the_default_weights(tmp_path, monkeypatch):
+    """`env`: what runs, the weights `refine`/`predict` would load (the same sha256 as `weights info`),
+    exit 1 only where a command would fail; --json is one object with the same facts."""
+    import torch
+
+    from refinemask_cli.jobs.env import problems
+    from refinemask_cli.weights.checkpoint import read_checkpoint, resolve_weights
+
+    from .cocofix import tiny_weights
+
+    w = tiny_weights(tmp_path / "tiny.pt", meta={"detector": "untrained"})
+    monkeypatch.setenv("REFINEMASK_WEIGHTS", str(w))
+    r = CliRunner().invoke(main, ["env"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert torch.__version__.split("+")[0] in text and "--device auto" in text
+    sha = read_checkpoint(resolve_weights(None, "refine"))["sha256"]
+    assert sha[:12] in text and "detector untrained" in text
+    assert "predict's boxes are noise" in text  # predict would load it too
+    r = CliRunner().invoke(main, ["env", "--json"])
+    info = json.loads(r.output)
+    assert r.exit_code == 0 and info["weights"]["refine"]["sha256"] == sha
+    assert info["packages"]["torch"] == torch.__version__.split("+")[0] and info["device_auto"] in ("cpu", "cuda")
+    assert any(p["level"] == "warning" for p in info["problems"])
+    monkeypatch.setenv("REFINEMASK_WEIGHTS", str(tmp_path / "nope.pt"))
+    r = CliRunner().invoke(main, ["env"])
+    assert r.exit_code == 1 and "refine weights: REFINEMASK_WEIGHTS names" in " ".join(r.output.split())
+    # two OpenCV wheels of different versions share one cv2: said; one missing altogether: an error
+    info["packages"].update({"opencv-python": "4.9.0", "opencv-python-headless": "4.10.0"})
+    assert any("share the cv2 module" in m for lv, m in problems(info) if lv == "warning")
+    info["packages"].update({"opencv-python": None, "opencv-python-headless": None})
+    assert any("OpenCV is not installed" in m for lv, m in problems(info) if lv == "error")
