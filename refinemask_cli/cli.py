@@ -322,8 +322,13 @@ def weights_convert(src: Path, dst: Path, source: str, backbone: str, trust_pick
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Refined COCO JSON to write (a folder with --format labelme or yolo-seg).")
 @click.option("--format", "fmt", type=click.Choice(["coco", "labelme", "yolo-seg"]), default="coco",
-              show_default=True, help="coco: the dataset as a COCO JSON; labelme: one JSON per image, to correct in "
-                                      "LabelMe; yolo-seg: an Ultralytics dataset (data.yaml, images/, labels/).")
+              show_default=True, help="coco: the dataset as a COCO JSON (a results list for a results list); labelme: "
+                                      "one JSON per image, to correct in LabelMe; yolo-seg: an Ultralytics dataset "
+                                      "(data.yaml, images/, labels/).")
+@click.option("--like", "like_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="INPUT_JSON is a COCO results list (a detector's boxes or masks): the dataset its image and "
+                   "category ids refer to. Each result's mask is refined; the rest is kept (report ids: the "
+                   "results' positions, from 1).")
 @weights_option
 @device_option
 @precision_option
@@ -354,12 +359,19 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
            report: Path | None, vis_dir: Path | None, resume: bool, overwrite: bool, mode: str | None,
            zoom_size: int | None, zoom_max_size: int | None, second_zoom_size: int | None, flip: bool | None,
            passes: int | None, snap_edges: bool | None, min_area: float | None, mask_threshold: float | None,
-           crowd: str, canvas: int) -> None:
-    """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o."""
+           crowd: str, canvas: int, like_json: Path | None) -> None:
+    """Refine every annotation of INPUT_JSON from its box or coarse mask; write the same dataset to -o.
+    A detector's COCO results list is refined with --like DATASET.json and written back as one."""
     import time
 
     from .console import progress
-    from .io.coco import dumps, write_text_atomic
+    from .io.coco import (
+        CocoError,
+        ResultsListError,
+        dumps,
+        write_json_atomic,
+        write_text_atomic,
+    )
     from .io.lock import output_lock
     from .jobs import refine as job
     from .jobs.shard import current_shard
@@ -374,12 +386,31 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
             refuse_overwrite(report, overwrite)
             if report.resolve() in (output.resolve(), input_json.resolve()):
                 raise click.UsageError("--report names the input or the output; give the report a file of its own")
+        results = None
+        if like_json is not None:  # a results list: refined as a dataset of --like's images, written back as one
+            from .io.coco import read_coco, read_json
+            from .jobs.formats import results_as_dataset
+
+            like = read_coco(like_json)
+            require_valid(like, like_json)
+            results = read_json(input_json)
+            try:
+                doc = results_as_dataset(results, like)
+            except CocoError as e:
+                raise UserError(f"{input_json}: {e}") from None
+            if fmt == "coco":
+                output_format = "rle"  # what a results list holds: the refined masks as they are
         options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
                                     **settings_overrides(mode=mode, zoom_size=zoom_size, zoom_max_size=zoom_max_size,
                                                          second_zoom_size=second_zoom_size, flip=flip, passes=passes,
                                                          snap_edges=snap_edges, min_area=min_area,
                                                          mask_threshold=mask_threshold))
-        doc, images_dir = read_input(input_json, images_dir)
+        if results is None:
+            try:
+                doc, images_dir = read_input(input_json, images_dir)
+            except ResultsListError as e:
+                raise UserError(f"{e}; to refine a detector's results, pass --like DATASET.json, the dataset its "
+                                "image ids refer to") from None
         if images_dir is None:
             raise click.UsageError("--images is required for a COCO file (LabelMe and YOLO inputs carry their own)")
         if not images_dir.is_dir():
@@ -401,8 +432,9 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
                 raise UserError(f"{resolve_weights(weights, 'refine')}: --regress-boxes needs a trained box head and "
                                 "these weights' detector was never trained; leave --regress-boxes out, or pass "
                                 "--weights with a trained detector (e.g. weights/refinemask_mnv2_predict.pt)")
-        # a folder input (LabelMe, YOLO) is fingerprinted by the document read from it
-        source = input_json if input_json.is_file() else dumps(doc).encode()
+        # a folder input (LabelMe, YOLO) or a results list with its --like dataset is fingerprinted by
+        # the document made from them
+        source = input_json if input_json.is_file() and results is None else dumps(doc).encode()
         journal = job.Journal(output, job.fingerprint(source, ckpt, options, predictor.runtime + shard.suffix),
                               shard.suffix)
         open_journal(journal, resume, overwrite)
@@ -430,7 +462,12 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
                                                       on_result, shard)
         losses = None
         if shard.is_main:
-            losses = write_output(out, output, fmt, images_dir)
+            if results is not None and fmt == "coco":
+                from .jobs.formats import refined_results
+
+                write_json_atomic(refined_results(results, out), output, overwrite=True)
+            else:
+                losses = write_output(out, output, fmt, images_dir)
             if report:
                 write_text_atomic(job.iter_report_csv(rows), report, overwrite=True)
         shard.barrier()  # the journals go only once the output is written

@@ -544,3 +544,62 @@ def test_file_names_with_windows_separators_are_found(weights, tmp_path):
     (root / "train" / "img_1.png").unlink()
     r = run("refine", src, "--images", root, "-o", root / "o2.json", "--weights", weights, "--device", "cpu")
     assert r.exit_code == 1 and "image 11: file train\\img_1.png not found" in r.output, r.output
+
+
+def test_refine_a_results_list_keeps_everything_but_the_masks(weights, tmp_path):
+    """A detector's COCO results (masks as RLE, boxes only, extra keys, scores) refined against the
+    dataset it refers to (--like): a results list back, in order, each entry as it was but its mask
+    (compressed RLE, area updated where there was one); it loads with pycocotools' loadRes and its
+    masks are what refining the same objects as a dataset gives."""
+    from pycocotools import mask as mask_utils
+
+    src = make_dataset(tmp_path, n_images=2)
+    doc = json.loads(src.read_text())
+    objects = [a for a in doc["annotations"] if not a["iscrowd"] and "segmentation" in a and
+               isinstance(a["segmentation"], dict)] + [a for a in doc["annotations"] if "segmentation" not in a]
+    results = []
+    for k, a in enumerate(objects):
+        r = {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9 - k / 10,
+             "detector_key": k}
+        if "segmentation" in a:
+            r["segmentation"], r["area"] = a["segmentation"], 1.0
+        results.append(r)
+    res_path = tmp_path / "results.json"
+    res_path.write_text(json.dumps(results))
+    base = ["--images", tmp_path, "--weights", weights, "--device", "cpu"]
+    r = run("refine", res_path, "-o", tmp_path / "x.json", *base)
+    assert r.exit_code == 1 and "results list" in r.output and "--like" in r.output
+    r = run("refine", src, "--like", src, "-o", tmp_path / "x.json", *base)
+    assert r.exit_code == 1 and "must be a COCO results list" in r.output
+    bad = [*results, {**results[0], "image_id": 999}]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    r = run("refine", tmp_path / "bad.json", "--like", src, "-o", tmp_path / "x.json", *base)
+    assert r.exit_code == 1 and f"result #{len(results)}: image_id 999" in r.output
+    out = tmp_path / "refined_results.json"
+    r = run("refine", res_path, "--like", src, "-o", out, *base, "--report", tmp_path / "rep.csv")
+    assert r.exit_code == 0, r.output
+    refined = json.loads(out.read_text())
+    assert isinstance(refined, list) and len(refined) == len(results)
+    for before, after in zip(results, refined):
+        assert {k: v for k, v in after.items() if k not in ("segmentation", "area")} == \
+            {k: v for k, v in before.items() if k not in ("segmentation", "area")}
+        assert isinstance(after["segmentation"]["counts"], str)
+        assert ("area" in after) == ("area" in before)
+        if "area" in after:
+            assert after["area"] == float(mask_utils.area(after["segmentation"])) > 1
+    COCO(str(src)).loadRes(str(out))  # loads where results are loaded
+    # the same objects as a dataset, refined as RLE: the same masks
+    as_doc = {**doc, "annotations": [{**a, "id": k + 1} for k, a in enumerate(objects)]}
+    (tmp_path / "as_doc.json").write_text(json.dumps(as_doc))
+    r = run("refine", tmp_path / "as_doc.json", "-o", tmp_path / "as_doc_out.json", *base, "--output-format", "rle")
+    assert r.exit_code == 0, r.output
+    want = json.loads((tmp_path / "as_doc_out.json").read_text())["annotations"]
+    assert [a["segmentation"] for a in want] == [a["segmentation"] for a in refined]
+    assert len((tmp_path / "rep.csv").read_text().splitlines()) == len(results) + 1
+    r = run("evaluate", src, out)
+    assert r.exit_code == 0, r.output
+    # or as LabelMe files to correct by hand, the detector's scores on the shapes
+    r = run("refine", res_path, "--like", src, "-o", tmp_path / "lm", "--format", "labelme", *base)
+    assert r.exit_code == 0, r.output
+    shapes = [s for f in sorted((tmp_path / "lm").glob("*.json")) for s in json.loads(f.read_text())["shapes"]]
+    assert len(shapes) >= len(results) and {round(s["score"], 2) for s in shapes if "score" in s} >= {0.9}

@@ -30,6 +30,10 @@ class CocoError(ValueError):
     """A COCO file that cannot be used; the message is one line naming the file and what to fix."""
 
 
+class ResultsListError(CocoError):
+    """A COCO results list where a dataset was expected (``refine --like`` takes one)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     level: str  # "error" or "warning"
@@ -73,7 +77,7 @@ def read_coco(path: str | Path, notes: list | None = None) -> dict:
     doc = read_json(path, bom)
     if not isinstance(doc, dict):
         if isinstance(doc, list):
-            raise CocoError(f"{path}: this is a COCO results list, not a dataset; "
+            raise ResultsListError(f"{path}: this is a COCO results list, not a dataset; "
                             "a dataset has 'images', 'annotations' and 'categories'")
         raise CocoError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):

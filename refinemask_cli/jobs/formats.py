@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from ..geometry import encode_rle, mask_to_outline, segmentation_to_mask
 from ..geometry.masks import finite_number
@@ -89,6 +90,63 @@ def to_coco_results(doc: dict) -> tuple[list[dict], Losses]:
             res["bbox"] = mask_bbox(mask)
         out.append(res)
     return out, losses
+
+
+def results_as_dataset(results: list, like: dict) -> dict:
+    """A COCO results list (a detector's output: boxes, masks or both, with scores) as a dataset of
+    ``like``'s images and categories, to refine: annotation ``k + 1`` is result ``k``. Checked the way
+    ``check_results`` checks detections (a missing score is allowed: refine does not rank); the first
+    error raises ``CocoError`` naming the result."""
+    from ..io.coco import check_results, first_error
+
+    if not isinstance(results, list):
+        raise CocoError("with --like, the input must be a COCO results list (a dataset is refined as it is)")
+    scored = [{"score": 1.0, **r} if isinstance(r, dict) else r for r in results]
+    problem = first_error(check_results(scored, like))
+    if problem:
+        raise CocoError(str(problem))
+    images = _image_index(like)
+    anns = []
+    for k, r in enumerate(results):
+        ann = {"id": k + 1, "image_id": r["image_id"], "category_id": r["category_id"], "iscrowd": 0}
+        if "bbox" in r:
+            ann["bbox"] = r["bbox"]
+        if segmentation_kind_safe(r.get("segmentation")) != "none":
+            ann["segmentation"] = r["segmentation"]
+        if "bbox" not in ann:  # the box pycocotools gives a mask-only result
+            from ..geometry import mask_bbox
+
+            img = images[r["image_id"]]
+            ann["bbox"] = mask_bbox(segmentation_to_mask(r["segmentation"], img["height"], img["width"]))
+        if "score" in r:
+            ann["score"] = r["score"]
+        anns.append(ann)
+    return {"info": like.get("info", {}), "images": like["images"], "annotations": anns,
+            "categories": like["categories"]}
+
+
+def refined_results(results: list, refined: dict) -> list[dict]:
+    """``results`` with each entry's mask replaced by its refined one (annotation ``k + 1`` of
+    ``refined``, made by ``results_as_dataset``) as compressed RLE, the form ``loadRes`` reads;
+    everything else kept as it was (image, category, score, box, other keys: the contract of a
+    refiner), ``area`` updated where the entry has one."""
+    images = _image_index(refined)
+    out = []
+    for r, ann in zip(results, refined["annotations"]):
+        new = dict(r)
+        segm = ann.get("segmentation")
+        if segmentation_kind_safe(segm) == "rle" and isinstance(segm["counts"], str):
+            new["segmentation"] = segm  # as refined (refine writes results' masks as RLE)
+            if "area" in new:
+                new["area"] = float(mask_utils.area(segm))  # what loadRes computes too
+        else:
+            mask = _mask(ann, images[ann["image_id"]])
+            if mask is not None:
+                new["segmentation"] = encode_rle(mask)
+                if "area" in new:
+                    new["area"] = float(mask.sum())
+        out.append(new)
+    return out
 
 
 def to_polygon_coco(doc: dict) -> tuple[dict, Losses]:
