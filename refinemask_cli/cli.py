@@ -366,8 +366,6 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
 
     from .console import progress
     from .io.coco import (
-        CocoError,
-        ResultsListError,
         dumps,
         write_json_atomic,
         write_text_atomic,
@@ -388,16 +386,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
                 raise click.UsageError("--report names the input or the output; give the report a file of its own")
         results = None
         if like_json is not None:  # a results list: refined as a dataset of --like's images, written back as one
-            from .io.coco import read_coco, read_json
-            from .jobs.formats import results_as_dataset
-
-            like = read_coco(like_json)
-            require_valid(like, like_json)
-            results = read_json(input_json)
-            try:
-                doc = results_as_dataset(results, like)
-            except CocoError as e:
-                raise UserError(f"{input_json}: {e}") from None
+            results, doc = read_results(input_json, like_json)
             if fmt == "coco":
                 output_format = "rle"  # what a results list holds: the refined masks as they are
         options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
@@ -406,11 +395,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
                                                          snap_edges=snap_edges, min_area=min_area,
                                                          mask_threshold=mask_threshold))
         if results is None:
-            try:
-                doc, images_dir = read_input(input_json, images_dir)
-            except ResultsListError as e:
-                raise UserError(f"{e}; to refine a detector's results, pass --like DATASET.json, the dataset its "
-                                "image ids refer to") from None
+            doc, images_dir = read_dataset_input(input_json, images_dir)
         if images_dir is None:
             raise click.UsageError("--images is required for a COCO file (LabelMe and YOLO inputs carry their own)")
         if not images_dir.is_dir():
@@ -546,6 +531,33 @@ def read_input(path: Path, images_dir: Path | None, notes: list | None = None) -
         for note in notes:
             warn(f"{path}: {note}")
     return doc, images_dir if images_dir is not None else own_images
+
+
+def read_results(input_json: Path, like_json: Path) -> tuple[list, dict]:
+    """A COCO results list and the dataset made of it with ``like_json``'s images and categories
+    (``formats.results_as_dataset``: annotation ``k + 1`` is result ``k``)."""
+    from .io.coco import CocoError, read_coco, read_json
+    from .jobs.formats import results_as_dataset
+
+    like = read_coco(like_json)
+    require_valid(like, like_json)
+    results = read_json(input_json)
+    try:
+        return results, results_as_dataset(results, like)
+    except CocoError as e:
+        raise UserError(f"{input_json}: {e}") from None
+
+
+def read_dataset_input(path: Path, images_dir: Path | None) -> tuple[dict, Path | None]:
+    """``read_input`` for commands that take a results list with --like: a results list given
+    without it says so."""
+    from .io.coco import ResultsListError
+
+    try:
+        return read_input(path, images_dir)
+    except ResultsListError as e:
+        raise UserError(f"{e}; for a detector's results, pass --like DATASET.json, the dataset its image ids "
+                        "refer to") from None
 
 
 def require_valid(doc: dict, path: Path) -> None:
@@ -714,15 +726,22 @@ def _predict(images_dir, output, fmt, score_threshold, max_detections, like_json
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="File or folder to write.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Images folder: LabelMe imagePath points at it; yolo-seg copies (hard-links) its images.")
+@click.option("--like", "like_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="INPUT_JSON is a COCO results list: the dataset its image and category ids refer to (its "
+                   "images and categories are written; the detections become its annotations, scores kept).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @handle_errors
-def export(input_json: Path, target: str, output: Path, images_dir: Path | None, overwrite: bool) -> None:
-    """Convert a COCO dataset (or a LabelMe folder or YOLO-seg dataset) to another format, warning
-    where the format loses information."""
+def export(input_json: Path, target: str, output: Path, images_dir: Path | None, like_json: Path | None,
+           overwrite: bool) -> None:
+    """Convert a COCO dataset (or a LabelMe folder or YOLO-seg dataset, or with --like a COCO results
+    list) to another format, warning where the format loses information."""
     from .jobs import formats
 
     refuse_overwrite(output, overwrite)
-    doc, images_dir = read_input(input_json, images_dir)
+    if like_json is not None:
+        doc = read_results(input_json, like_json)[1]
+    else:
+        doc, images_dir = read_dataset_input(input_json, images_dir)
     require_valid(doc, input_json)
     if target in ("labelme", "yolo-seg"):
         refuse_folder_over_inputs(output, input_json, images_dir)

@@ -472,3 +472,39 @@ def test_evaluate_class_agnostic(tmp_path):
     r = run("evaluate", src, tmp_path / "res.json", "--json", "--class-agnostic")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["segm_AP50"] > 0.5
+
+
+def test_export_a_results_list_as_a_dataset(tmp_path):
+    """Predictions as a COCO *dataset* (peers' most asked): a results list and the dataset it refers
+    to become that dataset's images and categories with the detections as annotations: polygons
+    where faithful, the mask's pixel area, the result's box and score; box-only results stay boxes."""
+    from pycocotools import mask as mask_utils
+
+    src = make_dataset(tmp_path, n_images=2)
+    doc = json.loads(src.read_text())
+    rle_anns = [a for a in doc["annotations"] if isinstance(a.get("segmentation"), dict) and not a["iscrowd"]]
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
+                "score": 0.8} for a in rle_anns]
+    results.append({"image_id": 10, "category_id": 7, "bbox": [5, 6, 20, 10], "score": 0.3})
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    r = run("export", tmp_path / "res.json", "--to", "coco", "-o", tmp_path / "d.json")
+    assert r.exit_code == 1 and "pass --like DATASET.json" in r.output
+    r = run("export", tmp_path / "res.json", "--like", src, "--to", "coco", "-o", tmp_path / "d.json")
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "d.json").read_text())
+    assert out["images"] == doc["images"] and out["categories"] == doc["categories"]
+    anns = out["annotations"]
+    assert [a["id"] for a in anns] == [1, 2, 3] and [a["score"] for a in anns] == [0.8, 0.8, 0.3]
+    for a, r_ in zip(anns, results):
+        if "segmentation" in r_:
+            assert isinstance(a["segmentation"], list)  # an ellipse: no holes, so polygons
+            assert a["area"] == float(mask_utils.area(r_["segmentation"]))
+            assert a["bbox"] == [float(v) for v in mask_utils.toBbox(r_["segmentation"])]
+    assert anns[2]["bbox"] == [5, 6, 20, 10] and anns[2]["area"] == 200.0 and "segmentation" not in anns[2]
+    coco = COCO(str(tmp_path / "d.json"))
+    assert len(coco.getAnnIds()) == 3
+    assert run("validate", tmp_path / "d.json", "--images", tmp_path).exit_code == 0
+    r = run("export", tmp_path / "res.json", "--like", src, "--to", "labelme", "-o", tmp_path / "lm",
+            "--images", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "lm").glob("*.json")) == ["img_0.json", "img_1.json"]

@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..geometry import encode_rle, mask_to_outline, segmentation_to_mask
-from ..geometry.masks import finite_number
+from ..geometry import encode_rle, mask_bbox, mask_to_outline, segmentation_to_mask
+from ..geometry.masks import finite_number, segmentation_to_rle
 from ..geometry.polygons import ring_area
 from ..io.coco import CocoError, segmentation_kind_safe
 from ..io.images import held_image, image_exists
@@ -86,7 +86,6 @@ def to_coco_results(doc: dict) -> tuple[list[dict], Losses]:
         else:
             res["segmentation"] = encode_rle(mask)
         if res["bbox"] is None:
-            from ..geometry import mask_bbox
             res["bbox"] = mask_bbox(mask)
         out.append(res)
     return out, losses
@@ -109,15 +108,17 @@ def results_as_dataset(results: list, like: dict) -> dict:
     anns = []
     for k, r in enumerate(results):
         ann = {"id": k + 1, "image_id": r["image_id"], "category_id": r["category_id"], "iscrowd": 0}
-        if "bbox" in r:
-            ann["bbox"] = r["bbox"]
+        img = images[r["image_id"]]
         if segmentation_kind_safe(r.get("segmentation")) != "none":
             ann["segmentation"] = r["segmentation"]
-        if "bbox" not in ann:  # the box pycocotools gives a mask-only result
-            from ..geometry import mask_bbox
-
-            img = images[r["image_id"]]
-            ann["bbox"] = mask_bbox(segmentation_to_mask(r["segmentation"], img["height"], img["width"]))
+            rle = segmentation_to_rle(r["segmentation"], img["height"], img["width"])  # never decoded whole
+            # a dataset's bbox and area: the result's box where it has one (pycocotools' loadRes
+            # keeps it), else the mask's; the area is the mask's pixel count
+            ann["bbox"] = r["bbox"] if "bbox" in r else [float(v) for v in mask_utils.toBbox(rle)]
+            ann["area"] = float(mask_utils.area(rle))
+        else:
+            ann["bbox"] = r["bbox"]
+            ann["area"] = float(r["bbox"][2] * r["bbox"][3])
         if "score" in r:
             ann["score"] = r["score"]
         anns.append(ann)
