@@ -548,13 +548,13 @@ def read_results(input_json: Path, like_json: Path) -> tuple[list, dict]:
         raise UserError(f"{input_json}: {e}") from None
 
 
-def read_dataset_input(path: Path, images_dir: Path | None) -> tuple[dict, Path | None]:
+def read_dataset_input(path: Path, images_dir: Path | None, notes: list | None = None) -> tuple[dict, Path | None]:
     """``read_input`` for commands that take a results list with --like: a results list given
     without it says so."""
     from .io.coco import ResultsListError
 
     try:
-        return read_input(path, images_dir)
+        return read_input(path, images_dir, notes)
     except ResultsListError as e:
         raise UserError(f"{e}; for a detector's results, pass --like DATASET.json, the dataset its image ids "
                         "refer to") from None
@@ -768,13 +768,21 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
 @click.option("--drop-invalid", is_flag=True,
               help="With --fix: drop the annotations whose errors cannot be repaired (each named).")
 @click.option("--overwrite", is_flag=True, help="With --fix: replace an existing -o.")
+@click.option("--like", "like_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="INPUT_JSON is a COCO results list: check it against the dataset its ids refer to, as "
+                   "pycocotools' loadRes and evaluate will read it.")
 @handle_errors
 def validate(input_json: Path, images_dir: Path | None, fix: bool, output: Path | None, drop_invalid: bool,
-             overwrite: bool) -> None:
-    """Check a COCO file (or a LabelMe folder or YOLO-seg dataset) the way pycocotools and training
-    code will use it; list every problem. With --fix -o OUT.json, repair what can be repaired."""
+             overwrite: bool, like_json: Path | None) -> None:
+    """Check a COCO file (or a LabelMe folder or YOLO-seg dataset, or with --like a results list) the
+    way pycocotools and training code will use it; list every problem. With --fix -o OUT.json, repair
+    what can be repaired."""
     from .io.coco import check_dataset
 
+    if like_json is not None:
+        if fix or images_dir is not None:
+            raise click.UsageError("--like checks a results list; --fix and --images are for datasets")
+        return validate_results(input_json, like_json)
     if (output is not None or drop_invalid) and not fix:
         raise click.UsageError("-o and --drop-invalid go with --fix")
     if fix and output is None:
@@ -785,7 +793,7 @@ def validate(input_json: Path, images_dir: Path | None, fix: bool, output: Path 
                                    "never changed)")
         refuse_overwrite(output, overwrite)
     notes: list = []
-    doc, images_dir = read_input(input_json, images_dir, notes)
+    doc, images_dir = read_dataset_input(input_json, images_dir, notes)
     changes: list = []
     if fix:
         from .io.repair import image_size_reader, repair_dataset
@@ -821,6 +829,25 @@ def validate(input_json: Path, images_dir: Path | None, fix: bool, output: Path 
 
         write_json_atomic(doc, output, overwrite=True)
         console.print(f"wrote {output}")
+
+
+def validate_results(input_json: Path, like_json: Path) -> None:
+    """`validate RESULTS --like DATASET`: every problem of a results list (exit 1 where there is one)."""
+    from .io.coco import check_results, read_coco, read_json
+
+    like = read_coco(like_json)
+    require_valid(like, like_json)
+    results = read_json(input_json)
+    problems = check_results(results, like)
+    for p in problems:
+        problem_line(p.level, str(p))
+    n = len(results) if isinstance(results, list) else 0
+    known = {im["id"] for im in like["images"]}
+    images = len({r.get("image_id") for r in results if isinstance(r, dict)} & known) if n else 0
+    console.print(f"{input_json}: {n} results on {images} of the {len(like['images'])} images of {like_json}; "
+                  f"{len(problems)} errors")
+    if problems:
+        click.get_current_context().exit(1)
 
 
 def image_problems(doc: dict, images_dir: Path, problems: list) -> list:

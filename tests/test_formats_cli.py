@@ -508,3 +508,21 @@ def test_export_a_results_list_as_a_dataset(tmp_path):
             "--images", tmp_path)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "lm").glob("*.json")) == ["img_0.json", "img_1.json"]
+
+
+def test_validate_a_results_list_against_its_dataset(tmp_path):
+    src = make_dataset(tmp_path, n_images=2)
+    good = [{"image_id": 10, "category_id": 7, "bbox": [1, 2, 10, 10], "score": 0.5}]
+    bad = [*good, {"image_id": 99, "category_id": 7, "bbox": [1, 2, 10, 10], "score": 0.5},
+           {"image_id": 11, "category_id": 7, "bbox": [1, 2, 10, 10], "score": "high"}]
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    r = run("validate", tmp_path / "good.json")
+    assert r.exit_code == 1 and "pass --like DATASET.json" in r.output
+    r = run("validate", tmp_path / "good.json", "--like", src)
+    assert r.exit_code == 0 and "1 results on 1 of the 2 images" in " ".join(r.output.split())
+    r = run("validate", tmp_path / "bad.json", "--like", src)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "result #1: image_id 99" in text and "result #2: score 'high'" in text
+    assert "3 results on 2 of the 2 images" in text and "2 errors" in text
+    assert run("validate", tmp_path / "bad.json", "--like", src, "--fix", "-o", tmp_path / "x.json").exit_code == 2
