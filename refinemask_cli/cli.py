@@ -805,6 +805,8 @@ def validate(input_json: Path, images_dir: Path | None, fix: bool, output: Path 
     else:
         problems = notes + check_dataset(doc, images_dir)
     if images_dir is not None:  # readable, of the record's size (with --fix, the repaired one)
+        from .jobs.refine import image_problems
+
         problems += image_problems(doc, images_dir, problems)
     errors = [p for p in problems if p.level == "error"]
     for p in [*changes, *problems]:
@@ -848,31 +850,6 @@ def validate_results(input_json: Path, like_json: Path) -> None:
                   f"{len(problems)} errors")
     if problems:
         click.get_current_context().exit(1)
-
-
-def image_problems(doc: dict, images_dir: Path, problems: list) -> list:
-    """What refine would meet reading the images the document's problems leave alone: unreadable
-    files, sizes that disagree with the record, photos read as stored."""
-    from .io.coco import CocoError, Problem
-    from .jobs.refine import load_checked_image
-
-    found = []
-    bad_images = {p.where for p in problems if p.level == "error" and p.where.startswith("image ")}
-    for info in doc["images"]:
-        if not isinstance(info, dict) or f"image {info.get('id')}" in bad_images:
-            continue
-        try:
-            _, as_stored = load_checked_image(images_dir, info)
-        except CocoError as e:
-            where, _, message = str(e).partition(": ")
-            found.append(Problem("error", where, message))
-            continue
-        if as_stored:  # read so by refine and train too: told, since other tools may rotate it
-            found.append(Problem("warning", f"image {info['id']}",
-                                 f"{info['file_name']} is {info['width']}x{info['height']} only as stored, "
-                                 "before its EXIF rotation: read so (the annotations fit that); a tool "
-                                 "that applies the rotation will not match them"))
-    return found
 
 
 @main.command()

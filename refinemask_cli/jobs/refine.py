@@ -19,6 +19,7 @@ from ..geometry import encode_rle, mask_bbox, mask_to_outline, remove_small_regi
 from ..geometry.masks import segmentation_to_crop
 from ..io.coco import (
     CocoError,
+    Problem,
     check_dataset,
     dumps,
     first_error,
@@ -287,6 +288,28 @@ def read_checked_image(path: Path, info: dict) -> tuple[np.ndarray, bool]:
 
 def load_checked_image(images_dir: Path, info: dict) -> tuple[np.ndarray, bool]:
     return read_checked_image(image_path(images_dir, info["file_name"]), info)
+
+
+def image_problems(doc: dict, images_dir: Path, problems: list[Problem]) -> list[Problem]:
+    """What refine would meet reading the images the document's problems leave alone: unreadable
+    files, sizes that disagree with the record, photos read as stored."""
+    found = []
+    bad_images = {p.where for p in problems if p.level == "error" and p.where.startswith("image ")}
+    for info in doc["images"]:
+        if not isinstance(info, dict) or f"image {info.get('id')}" in bad_images:
+            continue
+        try:
+            _, as_stored = load_checked_image(images_dir, info)
+        except CocoError as e:
+            where, _, message = str(e).partition(": ")
+            found.append(Problem("error", where, message))
+            continue
+        if as_stored:  # read so by refine and train too: told, since other tools may rotate it
+            found.append(Problem("warning", f"image {info['id']}",
+                                 f"{info['file_name']} is {info['width']}x{info['height']} only as stored, "
+                                 "before its EXIF rotation: read so (the annotations fit that); a tool "
+                                 "that applies the rotation will not match them"))
+    return found
 
 
 def refine_dataset(
