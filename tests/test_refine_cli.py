@@ -570,7 +570,7 @@ def test_refine_a_results_list_keeps_everything_but_the_masks(weights, tmp_path)
     r = run("refine", res_path, "-o", tmp_path / "x.json", *base)
     assert r.exit_code == 1 and "results list" in r.output and "--like" in r.output
     r = run("refine", src, "--like", src, "-o", tmp_path / "x.json", *base)
-    assert r.exit_code == 1 and "must be a COCO results list" in r.output
+    assert r.exit_code == 1 and "must be a COCO results list" in r.output and "leave --like out" in r.output
     bad = [*results, {**results[0], "image_id": 999}]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     r = run("refine", tmp_path / "bad.json", "--like", src, "-o", tmp_path / "x.json", *base)

@@ -99,7 +99,7 @@ def results_as_dataset(results: list, like: dict) -> dict:
     from ..io.coco import check_results, first_error
 
     if not isinstance(results, list):
-        raise CocoError("with --like, the input must be a COCO results list (a dataset is refined as it is)")
+        raise CocoError("with --like, the input must be a COCO results list (a list of detections); leave --like out for a dataset")
     scored = [{"score": 1.0, **r} if isinstance(r, dict) else r for r in results]
     problem = first_error(check_results(scored, like))
     if problem:
