@@ -469,6 +469,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
              f"{stats.crowd_skipped} passed through" + (" (--crowd refine refines them)" if stats.crowd_skipped else "")),
             ("prompts", ", ".join(f"{k} {v}" for k, v in sorted(stats.by_prompt.items())) or "-"),
             ("mean IoU(input, output)", f"{np.mean(ious):.3f}" if ious else "-"),
+            ("confidence", confidence_note(rows, report)),
             ("mask threshold", threshold_note(predictor, options.mask_threshold)),
             ("flags", ", ".join(f"{k} {v}" for k, v in sorted(stats.flags.items())) or "none"),
             ("time", f"{elapsed:.1f} s ({stats.annotations / max(elapsed, 1e-9):.1f} instances/s)"),
@@ -484,6 +485,17 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
             warn(f"{input_json}: {len(stored)} image(s) (e.g. image {min(stored)}) read as stored, without their EXIF "
                  "rotation, since only so do they have the JSON's width/height (the annotations were drawn so); "
                  f"their objects are flagged {job.EXIF_AS_STORED}")
+
+
+def confidence_note(rows: list[dict], report: Path | None) -> str:
+    """The refined masks' confidence (stability) for the summary: where to look first."""
+    scored = [r for r in rows if r.get("confidence") is not None]
+    if not scored:
+        return "-"
+    low = min(scored, key=lambda r: r["confidence"])
+    where = f"in {report.name}" if report else "each in --report"
+    return (f"median {np.median([r['confidence'] for r in scored]):.2f}, lowest {low['confidence']:.2f} "
+            f"(annotation {low['annotation_id']}); check the least confident first ({where})")
 
 
 def threshold_note(predictor, given: float | None) -> str:

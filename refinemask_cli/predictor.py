@@ -27,11 +27,14 @@ PRIOR_SIZE = 112
 
 @dataclass(frozen=True)
 class InstanceMask:
-    """A binary mask stored as the crop ``mask`` whose top-left pixel is ``(y0, x0)`` in the image."""
+    """A binary mask stored as the crop ``mask`` whose top-left pixel is ``(y0, x0)`` in the image;
+    ``confidence``: how little the mask depends on where its probabilities are cut (``stability``),
+    where it was made from probabilities."""
 
     x0: int
     y0: int
     mask: np.ndarray  # bool (h, w)
+    confidence: float | None = None
 
     @property
     def area(self) -> int:
@@ -42,6 +45,10 @@ class InstanceMask:
         h, w = self.mask.shape
         out[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = self.mask[: height - self.y0, : width - self.x0]
         return out
+
+    def with_mask(self, mask: np.ndarray) -> InstanceMask:
+        """The same object (place, confidence) with another mask of the same crop."""
+        return InstanceMask(self.x0, self.y0, mask, self.confidence)
 
     @classmethod
     def from_full(cls, mask: np.ndarray) -> InstanceMask:
@@ -189,6 +196,21 @@ def check_image(image: np.ndarray, index: int = 0) -> None:
         raise ValueError(f"image {index}: expected shape (H, W, 3), got {image.shape}")
 
 
+# half the band of cuts ``stability`` compares: the mask cut at t + 0.2 against the mask cut at t - 0.2
+STABILITY_DELTA = 0.2
+
+
+def stability(probs, cut: float, delta: float = STABILITY_DELTA) -> float:
+    """Pixels at probability >= ``cut + delta`` over pixels >= ``cut - delta`` (1: a crisp mask, whose
+    outline does not move with the cut; low: an unsure one). The "stability score" of SAM's automatic
+    masks, here a per-object confidence. Measured with the shipped refine default on the held-back
+    fifths (2026-11-27, boxes exact and 15 % too large): Spearman correlation with the refined mask's
+    IoU to the truth 0.54-0.77, and 0.53-0.85 within thirds of object size (size alone: 0.02-0.21);
+    the 20 % least stable masks hold 52-62 % of the 20 % worst ones. Takes a numpy array or a tensor."""
+    lo = float((probs >= cut - delta).sum())
+    return round(float((probs >= cut + delta).sum()) / lo, 4) if lo else 0.0
+
+
 def paste_box_probs(probs: torch.Tensor, box: torch.Tensor, height: int, width: int):
     """Paste one ``(S, S)`` probability map spanning ``box`` into the image grid, only over the box.
 
@@ -321,11 +343,13 @@ class Predictor:
                 x0, y0, sampled = paste_box_probs(p, b, height, width)
                 if guide is None:
                     mask = (sampled >= cut).cpu().numpy()
+                    confidence = stability(sampled, cut)
                 else:
                     region = sampled.cpu().numpy()
                     h, w = region.shape
-                    mask = snap_to_edges(region, guide[y0 : y0 + h, x0 : x0 + w], p.shape[-1]) >= cut
-                yield InstanceMask(x0, y0, mask)
+                    region = snap_to_edges(region, guide[y0 : y0 + h, x0 : x0 + w], p.shape[-1])
+                    mask, confidence = region >= cut, stability(region, cut)
+                yield InstanceMask(x0, y0, mask, confidence)
 
     def _detections(self, out: dict, size: tuple[int, int], scores: torch.Tensor | None = None,
                     guide: np.ndarray | None = None, thresholds: Sequence[float] | None = None) -> Detections:

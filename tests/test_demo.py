@@ -69,3 +69,43 @@ def test_demo_with_shipped_default_weights(tmp_path):
     r = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "mean" in r.output
+
+
+def test_confidence_ranks_the_refined_masks_by_how_right_they_are(tmp_path):
+    """The report's confidence (the mask's stability) against each refined mask's IoU to the truth,
+    on the demo's hasty polygons with the shipped default: a Spearman correlation of 0.81 measured
+    (2026-11-27; 0.54-0.77 on the held-back fifths, from boxes): floor 0.5."""
+    import cv2
+    import numpy as np
+
+    from refinemask_cli.engine.evaluate import iou
+    from refinemask_cli.geometry import segmentation_to_mask
+    from refinemask_cli.jobs import refine as job
+    from refinemask_cli.jobs.demo import demo_photos, merge_documents
+    from refinemask_cli.predictor import Predictor
+    from refinemask_cli.weights.checkpoint import load_model
+
+    if not default_weights_path().is_file():
+        pytest.skip("no default weights shipped")
+    per, first, offset = [], 1, 0
+    for k, (name, data) in enumerate(demo_photos()):
+        cv2.imwrite(str(tmp_path / f"{name}.jpg"), data["rgb"][:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        per.append(demo_documents(data, k + 1, f"{name}.jpg", first, offset))
+        first, offset = first + len(per[-1][0]["annotations"]), offset + len(data["class_names"])
+    gt, poly = (merge_documents([d[i] for d in per]) for i in range(2))
+    model, _ = load_model(default_weights_path())
+    refined, rows, _ = job.refine_dataset(poly, tmp_path, Predictor(model, device="cpu"), job.RefineOptions())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    truth = {a["id"]: a for a in gt["annotations"]}
+    pairs = []
+    for ann, row in zip(refined["annotations"], rows):
+        assert row["annotation_id"] == ann["id"]
+        if row["confidence"] is None:  # kept as input (flagged): nothing refined to be sure of
+            assert "kept-input" in row["flags"]
+            continue
+        assert 0.0 <= row["confidence"] <= 1.0
+        h, w = sizes[ann["image_id"]]
+        pairs.append((row["confidence"], iou(segmentation_to_mask(truth[ann["id"]]["segmentation"], h, w),
+                                             segmentation_to_mask(ann["segmentation"], h, w))))
+    conf, right = (np.argsort(np.argsort(np.array(v))) for v in zip(*pairs))
+    assert len(pairs) >= 25 and np.corrcoef(conf, right)[0, 1] > 0.5

@@ -221,3 +221,18 @@ def test_refine_cuts_objects_given_a_coarse_mask_at_the_weights_mask_prompt_thre
         RefineSettings(mask_threshold=1.0)
     with pytest.raises(ValueError, match="mask_prompt_threshold must be 0"):
         tiny_config(mask_prompt_threshold=1.0)
+
+
+def test_stability_is_one_for_a_crisp_mask_and_falls_as_the_edge_softens():
+    import torch
+
+    from refinemask_cli.predictor import stability
+
+    crisp = np.zeros((20, 20), np.float32)
+    crisp[5:15, 5:15] = 0.99
+    assert stability(crisp, 0.5) == 1.0
+    ramp = np.tile(np.linspace(0.0, 1.0, 11, dtype=np.float32), (4, 1))  # 0, 0.1, ..., 1.0 in each row
+    # >= 0.7: 4 columns (0.7..1.0); >= 0.3: 8 columns (0.3..1.0)
+    assert stability(ramp, 0.5) == 0.5 and stability(torch.from_numpy(ramp), 0.5) == 0.5
+    assert stability(ramp, 0.4) == round(5 / 9, 4)  # a cut at 0.4 compares 0.6 with 0.2
+    assert stability(np.zeros((3, 3), np.float32), 0.5) == 0.0  # nothing at all: not confident

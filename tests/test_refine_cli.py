@@ -297,7 +297,10 @@ def test_report_csv_in_pieces_equals_one_string():
                  area_input=10.0 * (i % 3), area_output=12.0, flags="") for i in range(25)]
     text = job.report_csv(rows)
     assert "".join(job.iter_report_csv(rows, chunk=7)) == text
-    assert text.count("\n") == 26 and text.splitlines()[1].endswith(",0.0,")  # area_input 0: change 0
+    assert text.count("\n") == 26 and text.splitlines()[1].endswith(",0.0,,")  # area_input 0: change 0
+    assert text.splitlines()[0].endswith(",area_change,confidence,flags")  # free text last
+    rows[0].update(confidence=0.8125, flags="islands-removed")
+    assert job.report_csv(rows).splitlines()[1].endswith(",0.0,0.8125,islands-removed")
 
 
 def test_zoom_flip_passes_and_min_area_through_the_cli(weights, data):
@@ -603,3 +606,19 @@ def test_refine_a_results_list_keeps_everything_but_the_masks(weights, tmp_path)
     assert r.exit_code == 0, r.output
     shapes = [s for f in sorted((tmp_path / "lm").glob("*.json")) for s in json.loads(f.read_text())["shapes"]]
     assert len(shapes) >= len(results) and {round(s["score"], 2) for s in shapes if "score" in s} >= {0.9}
+
+
+def test_report_and_summary_carry_each_refined_masks_confidence(weights, data):
+    import csv
+
+    src, root = data
+    r = run("refine", src, "--images", root, "-o", root / "c.json", "--weights", weights, "--device", "cpu",
+            "--report", root / "c.csv")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(root / "c.csv")))
+    refined = [row for row in rows if "kept-input" not in row["flags"]]
+    assert refined and all(0.0 <= float(row["confidence"]) <= 1.0 for row in refined)
+    low = min(refined, key=lambda row: float(row["confidence"]))
+    text = " ".join(r.output.replace("│", " ").split())  # the table's cell wraps: its borders out
+    assert f"lowest {float(low['confidence']):.2f} (annotation {low['annotation_id']})" in text
+    assert "check the least confident first" in text

@@ -15,6 +15,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .refine import RefineOptions
 
 
+# what one journal line holds; a journal of another format (an older refinemask's) is not resumed
+JOURNAL_FORMAT = 2  # 2: report rows carry the refined mask's confidence
+
+
 class Journal:
     """Finished images, one JSON line each, beside the output; a torn last line is ignored."""
 
@@ -33,8 +37,8 @@ class Journal:
             return done
         header = json.loads(lines[0])
         if header.get("fingerprint") != self.fingerprint:
-            raise CocoError(f"{self.path}: journal was written for another input, weights or options; "
-                            "pass --overwrite to start over")
+            raise CocoError(f"{self.path}: journal was written for another input, weights or options (or by "
+                            "another version of refinemask); pass --overwrite to start over")
         for line in lines[1:]:
             try:
                 rec = json.loads(line)
@@ -63,7 +67,7 @@ def fingerprint(input_json: Path | bytes, weights: dict, options: RefineOptions 
     inference settings such as the mask thresholds change outputs without changing a tensor), the
     options (a dataclass or a plain dict of JSON values) and the runtime (device kind, precision,
     batch size)."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"journal format {JOURNAL_FORMAT}\n".encode())
     if isinstance(input_json, bytes):
         h.update(input_json)
     else:

@@ -93,6 +93,7 @@ class ReportRow:
     area_input: float
     area_output: float
     flags: str = ""
+    confidence: float | None = None  # the refined mask's stability (predictor.stability); None: kept input
 
 
 @dataclass
@@ -238,7 +239,7 @@ def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: Ref
         flags = list(prep.image_flags)
         if options.min_area > 0:
             cleaned = remove_small_regions(refined.mask, options.min_area)
-            refined = InstanceMask(refined.x0, refined.y0, cleaned.mask)
+            refined = refined.with_mask(cleaned.mask)
             flags += ["islands-removed"] * bool(cleaned.islands_removed) + ["holes-filled"] * bool(cleaned.holes_filled)
         iou = crop_iou(reference, refined)
         fields = None
@@ -256,6 +257,7 @@ def finish_image(det, prep: Prepared, info: dict, anns: list[dict], options: Ref
             annotation_id=ann["id"], image_id=info["id"], category_id=ann["category_id"], prompt=prompt,
             iou_input_output=round(iou, 6), area_input=float(reference.area),
             area_output=float(refined.area if fields else reference.area), flags=";".join(flags),
+            confidence=refined.confidence if fields else None,
         )
         results.append({"id": ann["id"], "fields": fields, "report": asdict(report)})
     return results
@@ -421,7 +423,7 @@ def refine_dataset(
 def iter_report_csv(rows: list[dict], chunk: int = 1000) -> Iterator[str]:
     """The report as CSV text in pieces of ``chunk`` rows (never one report-sized string)."""
     fields = ["annotation_id", "image_id", "category_id", "prompt", "iou_input_output", "area_input",
-              "area_output", "area_change", "flags"]
+              "area_output", "area_change", "confidence", "flags"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
