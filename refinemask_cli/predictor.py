@@ -204,9 +204,10 @@ def stability(probs, cut: float, delta: float = STABILITY_DELTA) -> float:
     """Pixels at probability >= ``cut + delta`` over pixels >= ``cut - delta`` (1: a crisp mask, whose
     outline does not move with the cut; low: an unsure one). The "stability score" of SAM's automatic
     masks, here a per-object confidence. Measured with the shipped refine default on the held-back
-    fifths (2026-11-27, boxes exact and 15 % too large): Spearman correlation with the refined mask's
-    IoU to the truth 0.54-0.77, and 0.53-0.85 within thirds of object size (size alone: 0.02-0.21);
-    the 20 % least stable masks hold 52-62 % of the 20 % worst ones. Takes a numpy array or a tensor."""
+    fifths (2026-11-27; exact boxes, boxes 15 % too large, hasty polygons): Spearman correlation with
+    the refined mask's IoU to the truth 0.54-0.80, and 0.53-0.85 within thirds of object size (size
+    alone: 0.02-0.21); the 20 % least stable masks hold 52-62 % of the 20 % worst ones. Takes a numpy
+    array or a tensor."""
     lo = float((probs >= cut - delta).sum())
     return round(float((probs >= cut + delta).sum()) / lo, 4) if lo else 0.0
 
