@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..io.coco import CocoError
 
@@ -59,6 +60,22 @@ class Journal:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+T = TypeVar("T")
+
+
+def resume_batches(journal: Journal | None, resume: bool, batches: Sequence[Sequence[T]],
+                   image_id: Callable[[T], int]) -> tuple[list[Sequence[T]], dict[int, Any]]:
+    """Start ``journal`` (with ``resume``, continue the one there) and split ``batches``: the ones to
+    run, and the journal's records of the images whose whole batch it holds, taken as they are. A
+    batch the journal holds in part is run again whole, so every batch pads as it did the first time."""
+    done = journal.load() if (journal and resume and journal.exists()) else {}
+    if journal and not done:
+        journal.start()
+    run = [b for b in batches if any(image_id(x) not in done for x in b)]
+    again = {image_id(x) for b in run for x in b}
+    return run, {k: v for k, v in done.items() if k not in again}
 
 
 def fingerprint(input_json: Path | bytes, weights: dict, options: RefineOptions | dict, runtime: str = "") -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..io.coco import CocoError
 from ..io.images import SUFFIXES
 from ..predictor import Predictor, PredictSettings
-from .journal import Journal
+from .journal import Journal, resume_batches
 from .paths import safe_relative
 from .pipeline import batch_groups, run_pipeline
 from .refine import UnreadableImage, encode_output, read_checked_image
@@ -148,9 +148,6 @@ def predict_entries(
     shard = shard or Shard()
     done: dict[int, tuple[dict, list[dict]]] = {}  # entry index -> (image record, annotation fields)
     unread: dict[int, str] = {}  # entry index -> why its image was left out (with ``skipped``)
-    journaled: dict = journal.load() if (journal and resume and journal.exists()) else {}
-    if journal and not journaled:
-        journal.start()
 
     def read(item: tuple[int, Entry]):
         try:
@@ -201,12 +198,11 @@ def predict_entries(
 
     # the shard is cut from the batches of all entries, so resuming never moves an image
     mine = shard.take(batch_groups(list(enumerate(entries)), predictor.batch_size))
-    groups = [g for g in mine if any(e.info["id"] not in journaled for _, e in g)]
-    redo = {e.info["id"] for g in groups for _, e in g}
+    groups, journaled = resume_batches(journal, resume, mine, lambda item: item[1].info["id"])
     for g in mine:
         for index, entry in g:
             rec = journaled.get(entry.info["id"])
-            if rec is None or entry.info["id"] in redo:
+            if rec is None:
                 continue
             info = rec["image"]
             done[index] = (info, [{"image_id": info["id"], **f} for f in rec["annotations"]])

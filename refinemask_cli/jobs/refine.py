@@ -28,7 +28,7 @@ from ..io.coco import (
 )
 from ..io.images import ImageReadError, image_path
 from ..predictor import InstanceMask, Predictor, RefineSettings
-from .journal import Journal, fingerprint
+from .journal import Journal, fingerprint, resume_batches
 from .pipeline import batch_groups, run_pipeline
 from .shard import Shard
 
@@ -340,15 +340,11 @@ def refine_dataset(
     labels = model_labels(doc, predictor)
     stats = RefineStats(crowd_skipped=sum(1 for a in doc["annotations"] if a.get("iscrowd", 0))
                         if options.crowd == "keep" else 0)
-    done: dict[int, list[dict]] = journal.load() if (journal and resume and journal.exists()) else {}
-    if journal and not done:
-        journal.start()
     infos = list(iter_images(doc, per_image))
     # the shard is cut from the batches of the whole document, so resuming never moves an image
-    mine = shard.take(batch_groups(infos, predictor.batch_size))
-    groups = [g for g in mine if any(i["id"] not in done for i in g)]
-    redo = {i["id"] for g in groups for i in g}
-    stats.resumed_images = sum(1 for g in mine for i in g if i["id"] in done and i["id"] not in redo)
+    groups, done = resume_batches(journal, resume, shard.take(batch_groups(infos, predictor.batch_size)),
+                                  lambda info: info["id"])
+    stats.resumed_images = len(done)
     # kept per image until the end: the new fields by annotation id and the report rows, nothing
     # else (the per-annotation result wrappers go to the journal and are dropped)
     new_fields: dict[int, dict] = {}
@@ -364,7 +360,7 @@ def refine_dataset(
 
     for image_id, results in done.items():
         keep(image_id, results)
-        if on_image and image_id not in redo:
+        if on_image:
             on_image(1, len(results))
     done.clear()  # the journal's copies are not needed any more
 
