@@ -386,7 +386,7 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
                 raise click.UsageError("--report names the input or the output; give the report a file of its own")
         results = None
         if like_json is not None:  # a results list: refined as a dataset of --like's images, written back as one
-            results, doc = read_results(input_json, like_json)
+            results, doc = results_dataset(input_json, like_json)
             if fmt == "coco":
                 output_format = "rle"  # what a results list holds: the refined masks as they are
         options = job.RefineOptions(prompt, output_format, simplify, min_agreement, regress_boxes, crowd=crowd,
@@ -545,15 +545,22 @@ def read_input(path: Path, images_dir: Path | None, notes: list | None = None) -
     return doc, images_dir if images_dir is not None else own_images
 
 
-def read_results(input_json: Path, like_json: Path) -> tuple[list, dict]:
-    """A COCO results list and the dataset made of it with ``like_json``'s images and categories
-    (``formats.results_as_dataset``: annotation ``k + 1`` is result ``k``)."""
-    from .io.coco import CocoError, read_coco, read_json
-    from .jobs.formats import results_as_dataset
+def read_results(input_json: Path, like_json: Path) -> tuple[object, dict]:
+    """A results file's JSON (not yet checked) and the ``--like`` dataset it refers to (checked)."""
+    from .io.coco import read_coco, read_json
 
     like = read_coco(like_json)
     require_valid(like, like_json)
-    results = read_json(input_json)
+    return read_json(input_json), like
+
+
+def results_dataset(input_json: Path, like_json: Path) -> tuple[list, dict]:
+    """A COCO results list and the dataset made of it with ``like_json``'s images and categories
+    (``formats.results_as_dataset``: annotation ``k + 1`` is result ``k``)."""
+    from .io.coco import CocoError
+    from .jobs.formats import results_as_dataset
+
+    results, like = read_results(input_json, like_json)
     try:
         return results, results_as_dataset(results, like)
     except CocoError as e:
@@ -619,31 +626,24 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
             weights: Path | None, device: str, precision: str, batch_size: int | None, canvas: int,
             vis_dir: Path | None, skip_unreadable: bool, recursive: bool, resume: bool, overwrite: bool) -> None:
     """Detect and segment every image in IMAGES_DIR; write COCO, COCO results, LabelMe or YOLO-seg."""
-    from .io.lock import output_lock
-    from .jobs.shard import current_shard
-
-    shard = current_shard()  # under torchrun: each rank predicts its share, rank 0 writes
-    # one run per output: a second one stops at once (rank 0 holds the lock for all ranks)
-    with output_lock(output) if shard.is_main else contextlib.nullcontext():
-        _predict(images_dir, output, fmt, score_threshold, max_detections, like_json, category, output_format,
-                 simplify, weights, device, precision, batch_size, canvas, vis_dir, skip_unreadable, recursive,
-                 resume, overwrite, shard)
-
-
-def _predict(images_dir, output, fmt, score_threshold, max_detections, like_json, category, output_format, simplify,
-             weights, device, precision, batch_size, canvas, vis_dir, skip_unreadable, recursive, resume, overwrite,
-             shard) -> None:
     import time
 
     from .console import progress
     from .io.coco import dumps, read_coco
+    from .io.lock import output_lock
     from .jobs import formats
     from .jobs import predict as job
     from .jobs.journal import Journal, fingerprint
+    from .jobs.shard import current_shard
     from .jobs.vis import overlay_path, write_overlay
     from .predictor import PredictSettings
     from .weights.checkpoint import detector_trained, resolve_weights
 
+    shard = current_shard()  # under torchrun: each rank predicts its share, rank 0 writes
+    # one run per output: a second one stops at once (rank 0 holds the lock for all ranks, until the
+    # command ends)
+    if shard.is_main:
+        click.get_current_context().with_resource(output_lock(output))
     refuse_overwrite(output, overwrite)
     if category is not None and like_json is None:
         raise click.UsageError("--category goes with --like")
@@ -751,7 +751,7 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
 
     refuse_overwrite(output, overwrite)
     if like_json is not None:
-        doc = read_results(input_json, like_json)[1]
+        doc = results_dataset(input_json, like_json)[1]
     else:
         doc, images_dir = read_dataset_input(input_json, images_dir)
     require_valid(doc, input_json)
@@ -847,11 +847,9 @@ def validate(input_json: Path, images_dir: Path | None, fix: bool, output: Path 
 
 def validate_results(input_json: Path, like_json: Path) -> None:
     """`validate RESULTS --like DATASET`: every problem of a results list (exit 1 where there is one)."""
-    from .io.coco import check_results, read_coco, read_json
+    from .io.coco import check_results
 
-    like = read_coco(like_json)
-    require_valid(like, like_json)
-    results = read_json(input_json)
+    results, like = read_results(input_json, like_json)
     problems = check_results(results, like)
     for p in problems:
         problem_line(p.level, str(p))
