@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..geometry.masks import (
@@ -178,7 +177,7 @@ def image_size_reader(images_dir) -> Callable[[dict], tuple[int, int]]:
     from .images import image_path, read_image
 
     def size(img: dict) -> tuple[int, int]:
-        a = np.asarray(read_image(image_path(images_dir, img["file_name"])))
-        return int(a.shape[0]), int(a.shape[1])
+        h, w = read_image(image_path(images_dir, img["file_name"])).shape[:2]
+        return h, w
 
     return size
