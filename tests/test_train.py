@@ -102,6 +102,22 @@ def tiny_toml(root):
     return path
 
 
+def test_classes_from_the_first_set_read_it_once(tmp_path, monkeypatch):
+    """A model whose classes come from the first training set reads that set once: for its
+    category names and as training data (a large COCO file was parsed twice before)."""
+    import refinemask_cli.io.sources as sources
+
+    reads = []
+    real = sources.load_annotations
+    monkeypatch.setattr(sources, "load_annotations", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+    (tmp_path / "b").mkdir()
+    sets = [{"json": str(make_dataset(root, n_images=2)), "images": str(root)} for root in (tmp_path, tmp_path / "b")]
+    cfg = tiny_cfg(tmp_path, model={**TINY_MODEL, "class_agnostic": "last"}, iters=1, datasets=sets)
+    trained = run_training(cfg, tmp_path / "run", torch.device("cpu"))
+    assert trained.cfg.class_names == ("ball", "egg") and trained.cfg.num_classes == 2
+    assert sorted(reads) == sorted(d["json"] for d in sets)
+
+
 def test_cli_train_writes_run_folder(tmp_path):
     src = make_dataset(tmp_path, n_images=2)
     out = tmp_path / "run"

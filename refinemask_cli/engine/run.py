@@ -35,7 +35,7 @@ from ..weights.checkpoint import (
     torch_load_checked,
 )
 from ..weights.convert import load_mobilenet_v2_imagenet
-from .config import DETECTOR_MODULES, TrainConfig
+from .config import DETECTOR_MODULES, DatasetSpec, TrainConfig
 from .train import TrainSettings, lr_at
 
 STATE_VERSION = 1
@@ -62,29 +62,39 @@ def setup_distributed(device: torch.device) -> DistInfo:
     return info
 
 
+def build_dataset(spec: DatasetSpec, class_names: tuple[str, ...], agnostic: bool,
+                  on_note: Callable[[str], None] | None = None) -> CocoInstances:
+    """One training set (``class_names`` empty: its own categories, by id); what reading it
+    normalised or left out goes to ``on_note``, naming the file."""
+    ds = CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,
+                       class_agnostic=agnostic, every_object=spec.every_object)
+    if spec.exclude_holdout or spec.exclude_held_back_of:
+        held = holdout_ids(ds.images) if spec.exclude_holdout else set()
+        names = set().union(*(held_back_names(read_coco(other)) for other in spec.exclude_held_back_of))
+        ds.restrict({i for i, im in ds.images.items()
+                     if i not in held and Path(im["file_name"]).name not in names})
+    ds.check_files(spec.json)
+    for note in ds.notes if on_note else ():
+        on_note(f"{spec.json}: {note}")
+    return ds
+
+
 def build_datasets(cfg: TrainConfig, class_names: tuple[str, ...], agnostic: bool,
-                   on_note: Callable[[str], None] | None = None) -> list[CocoInstances]:
-    """The training sets; what reading one normalised or left out goes to ``on_note``, by file."""
-    out = []
-    for spec in cfg.datasets:
-        ds = CocoInstances(spec.json, spec.images, flip_prob=0.0, class_names=class_names or None,
-                           class_agnostic=agnostic, every_object=spec.every_object)
-        if spec.exclude_holdout or spec.exclude_held_back_of:
-            held = holdout_ids(ds.images) if spec.exclude_holdout else set()
-            names = set().union(*(held_back_names(read_coco(other)) for other in spec.exclude_held_back_of))
-            ds.restrict({i for i, im in ds.images.items()
-                         if i not in held and Path(im["file_name"]).name not in names})
-        ds.check_files(spec.json)
-        for note in ds.notes if on_note else ():
-            on_note(f"{spec.json}: {note}")
-        out.append(ds)
-    return out
+                   on_note: Callable[[str], None] | None = None,
+                   first: CocoInstances | None = None) -> list[CocoInstances]:
+    """The training sets; ``first``: the first one already read with its own categories (what
+    ``resolve_model_config`` took the class names from), kept where those are the names asked for."""
+    reuse = first is not None and not agnostic and tuple(first.category_names) == tuple(class_names)
+    head = [first] if reuse else []
+    return head + [build_dataset(spec, class_names, agnostic, on_note) for spec in cfg.datasets[len(head):]]
 
 
-def resolve_model_config(cfg: TrainConfig, init_config: dict | None = None) -> ModelConfig:
-    """The model config from ``cfg.model``, with classes from the first dataset where not given.
-    Fine-tuning a checkpoint (``init_config``: its config) without a ``[model]`` table keeps the
-    checkpoint's architecture and classes (a class-agnostic one trains on any categories as "object")."""
+def resolve_model_config(cfg: TrainConfig, init_config: dict | None = None,
+                         first_names: Callable[[], tuple[str, ...]] | None = None) -> ModelConfig:
+    """The model config from ``cfg.model``, with classes from the first dataset where not given
+    (``first_names``: how to read them; by default its categories alone). Fine-tuning a checkpoint
+    (``init_config``: its config) without a ``[model]`` table keeps the checkpoint's architecture and
+    classes (a class-agnostic one trains on any categories as "object")."""
     fields = dict(cfg.model)
     if not fields and init_config is not None:
         fields = dict(init_config)
@@ -92,7 +102,8 @@ def resolve_model_config(cfg: TrainConfig, init_config: dict | None = None) -> M
         fields["num_classes"], fields["class_names"] = 1, ("object",)
     if "class_names" not in fields:
         first = cfg.datasets[0]
-        names = tuple(c["name"] for c in sorted(dataset_categories(first.json, first.images), key=lambda c: c["id"]))
+        names = first_names() if first_names is not None else tuple(
+            c["name"] for c in sorted(dataset_categories(first.json, first.images), key=lambda c: c["id"]))
         fields["class_names"] = names
         fields["num_classes"] = len(names)
     fields["class_names"] = tuple(fields["class_names"])
@@ -171,11 +182,19 @@ def run_training(
     # the init checkpoint is read once: its config (fine-tuning keeps it) and its weights
     init_ckpt = read_checkpoint(cfg.init) if init_is_checkpoint(cfg) else None
     init_config = init_ckpt["config"] if init_ckpt is not None else None
-    model_cfg = resolve_model_config(cfg, init_config)
     # the training sets are read before the model is built and the run folder made: a bad file is
-    # reported first (not after loading the init weights) and leaves no half-made run
+    # reported first (not after loading the init weights) and leaves no half-made run. Where the
+    # classes come from the first set, that set is read once, for its names and as a training set
+    note = on_note if dist_info.is_main else None
+    first: list[CocoInstances] = []
+
+    def first_names() -> tuple[str, ...]:
+        first.append(build_dataset(cfg.datasets[0], (), False, note))
+        return tuple(first[0].category_names)
+
+    model_cfg = resolve_model_config(cfg, init_config, first_names)
     datasets = build_datasets(cfg, model_cfg.class_names if model_cfg.class_agnostic != "all" else (),
-                              model_cfg.class_agnostic == "all", on_note if dist_info.is_main else None)
+                              model_cfg.class_agnostic == "all", note, first[0] if first else None)
     model = build_model(model_cfg)
     init_name, init_detector = initialise(model, cfg.init, init_ckpt)
     # a mask-mode run leaves the RPN and box head as they came
