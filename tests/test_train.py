@@ -105,7 +105,7 @@ def tiny_toml(root):
 def test_classes_from_the_first_set_read_it_once(tmp_path, monkeypatch):
     """A model whose classes come from the first training set reads that set once: for its
     category names and as training data (a large COCO file was parsed twice before)."""
-    import refinemask_cli.io.sources as sources
+    from refinemask_cli.io import sources
 
     reads = []
     real = sources.load_annotations

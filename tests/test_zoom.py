@@ -67,6 +67,27 @@ def test_crop_enlarges_bilinearly_and_shrinks_by_averaging():
     assert torch.allclose(down, torch.full((2, 2), 0.5))  # averaged, not aliased to 0 or 1
 
 
+def test_large_regions_are_cropped_in_bands_to_the_same_pixels(monkeypatch):
+    """A region shrunk many times over is cropped a band of output rows at a time on the CPU (RoIAlign
+    precomputes every sample of a call: 2 GB for an 8,000-px object); the bands give the same crop."""
+    from refinemask_cli.model import zoom
+
+    torch.manual_seed(0)
+    img = torch.rand(3, 300, 360)
+    regions = torch.tensor([[-20.0, -15.0, 310.0, 315.0], [40.3, 12.7, 250.9, 223.3], [5.0, 5.0, 25.0, 25.0]])
+    fill = torch.tensor([0.2, 0.4, 0.6])
+    whole = crop_regions(img, regions, 24, fill)
+    assert zoom.band_rows(regions, 24) == 24  # within the budget: one call, as before
+    monkeypatch.setattr(zoom, "CPU_SAMPLE_BUDGET", 25_000)  # 14² samples a bin: bands of 5 rows
+    assert zoom.band_rows(regions, 24) == 5
+    banded = crop_regions(img, regions, 24, fill)
+    assert banded.shape == whole.shape == (3, 3, 24, 24)
+    assert torch.allclose(banded, whole, atol=1e-5)
+    monkeypatch.setattr(zoom, "CPU_SAMPLE_BUDGET", 1)  # one row a call
+    assert zoom.band_rows(regions, 24) == 1
+    assert torch.allclose(crop_regions(img, regions, 24, fill), whole, atol=1e-5)
+
+
 def test_crop_masks_follow_their_regions():
     masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
     masks[0, 2:6, 2:6] = 1
