@@ -269,3 +269,20 @@ def test_config_values_of_the_wrong_type_are_named():
     with pytest.raises(ValueError, match="min_size must be an integer, got 384.0"):
         tiny_config(min_size=384.0)
     assert tiny_config(box_nms_thresh=1).box_nms_thresh == 1  # an int is a number
+
+
+def test_image_transform_normalises_as_torchvision_does():
+    """The model's transform normalises with one full-size temporary (the quotient written over the
+    difference): bit for bit torchvision's numbers, and the same refusal of integer images."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from refinemask_cli.model.detector import ImageTransform
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    ours, theirs = ImageTransform(64, 96, mean, std), GeneralizedRCNNTransform(64, 96, mean, std)
+    image = torch.rand(40, 30, 3).permute(2, 0, 1)  # laid out as Predictor hands it over (from HWC)
+    assert torch.equal(ours.normalize(image), theirs.normalize(image))
+    assert torch.equal(ours([image])[0].tensors, theirs([image])[0].tensors)
+    assert isinstance(build_model(ModelConfig(num_classes=2)).transform, ImageTransform)
+    with pytest.raises(TypeError, match="float"):
+        ours.normalize(torch.zeros(3, 4, 4, dtype=torch.uint8))

@@ -391,6 +391,19 @@ def remap_priors(priors: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> 
     return roi_align(priors[:, None].float(), rois, (size, size), 1.0, 0, True)[:, 0]
 
 
+class ImageTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, normalising with one full-size temporary instead of two (the
+    quotient is written over the difference: the same numbers); a 48-Mpx photo held 1.7 GB of float
+    copies at once, now 1.2 GB."""
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if not image.is_floating_point():
+            raise TypeError(f"images must be float tensors, got {image.dtype}")
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return (image - mean[:, None, None]).div_(std[:, None, None])
+
+
 class RefineMaskRCNN(nn.Module):
     def __init__(
         self,

@@ -4,11 +4,10 @@ from __future__ import annotations
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbone import build_backbone
 from .config import ModelConfig
-from .detector import RefineMaskRCNN, RefineRoIHeads, RefineRPN
+from .detector import ImageTransform, RefineMaskRCNN, RefineRoIHeads, RefineRPN
 from .poolers import MultiLevelRoIAlign
 from .refine_head import RefineMaskHead
 
@@ -45,7 +44,7 @@ def build_model(cfg: ModelConfig) -> RefineMaskRCNN:
         mask_roi_pool=MultiLevelRoIAlign(LEVELS, cfg.stage_sizes[0]),
         mask_head=mask_head,
     )
-    transform = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, list(cfg.image_mean), list(cfg.image_std))
+    transform = ImageTransform(cfg.min_size, cfg.max_size, list(cfg.image_mean), list(cfg.image_std))
     return RefineMaskRCNN(cfg, backbone, rpn, roi_heads, transform)
 
 
