@@ -333,7 +333,8 @@ class Predictor:
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
-        return t.permute(2, 0, 1).float().div_(255.0)
+        # channel-first in memory, not a view of HWC: RoIAlign would copy a view whole at every call
+        return t.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
     def _paste(self, boxes: torch.Tensor, logits: torch.Tensor, height: int, width: int,
                guide: np.ndarray | None = None, thresholds: Sequence[float] | None = None) -> Iterator[InstanceMask]:

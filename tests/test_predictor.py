@@ -236,3 +236,12 @@ def test_stability_is_one_for_a_crisp_mask_and_falls_as_the_edge_softens():
     assert stability(ramp, 0.5) == 0.5 and stability(torch.from_numpy(ramp), 0.5) == 0.5
     assert stability(ramp, 0.4) == round(5 / 9, 4)  # a cut at 0.4 compares 0.6 with 0.2
     assert stability(np.zeros((3, 3), np.float32), 0.5) == 0.0  # nothing at all: not confident
+
+
+def test_images_reach_the_model_channel_first_in_memory(predictor):
+    """An HWC image becomes a CHW tensor laid out so (not a permuted view, which RoIAlign would copy
+    whole for every batch of zoom crops), scaled to [0, 1]."""
+    image = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    t = predictor._to_tensor(image)
+    assert t.shape == (3, 7, 5) and t.dtype == torch.float32 and t.is_contiguous()
+    assert torch.equal(t, torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)

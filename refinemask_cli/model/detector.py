@@ -597,9 +597,7 @@ class RefineMaskRCNN(nn.Module):
         out_logits: list = [None] * len(owner)
         # the image less the fill colour, once: outside the image RoIAlign reads 0, i.e. the fill
         fills = [self._fill(img).reshape(-1, 1, 1) for img in images]
-        # written contiguous: an image permuted from HWC would be copied whole by RoIAlign for every chunk
-        shifted = [torch.sub(img.float(), f, out=torch.empty(img.shape, dtype=torch.float32, device=img.device))
-                   for img, f in zip(images, fills)]
+        shifted = [img.float() - f for img, f in zip(images, fills)]
         for idx in chunks:  # within a chunk, indices (and so owners) ascend
             side = sizes[idx[0]]
             crop_boxes = to_crop(all_boxes[idx], regions[idx], side)
