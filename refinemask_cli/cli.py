@@ -603,7 +603,8 @@ def require_valid(doc: dict, path: Path) -> None:
               help="A COCO dataset of these images: predict its images with its image ids, file names and "
                    "categories, so the results load against it.")
 @click.option("--category", default=None,
-              help="With --like and one-class weights: the dataset category (name or id) detections are written as.")
+              help="With one-class weights: the category name detections are written as (default: the "
+                   "weights' own, \"object\"); with --like, a category (name or id) of that dataset.")
 @click.option("--output-format", type=click.Choice(["polygon", "rle"]), default="polygon", show_default=True)
 @simplify_option
 @weights_option
@@ -645,8 +646,6 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     if shard.is_main:
         click.get_current_context().with_resource(output_lock(output))
     refuse_overwrite(output, overwrite)
-    if category is not None and like_json is None:
-        raise click.UsageError("--category goes with --like")
     if recursive and like_json is not None:
         raise click.UsageError("--recursive goes without --like (the --like dataset's file names say where its images are)")
     if fmt in ("labelme", "yolo-seg"):
@@ -669,7 +668,7 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
     if like is not None:
         categories, category_ids = job.like_categories(predictor, like, category)
     else:
-        categories = job.model_categories(predictor)
+        categories = job.model_categories(predictor, category)
         category_ids = [c["id"] for c in categories]
     # file names a folder format cannot hold (a.jpg and a.png: one a.json): said now, not after the job
     formats.check_folder_output({"images": [e.info for e in entries], "categories": categories}, fmt)

@@ -454,6 +454,34 @@ def test_predict_like_uses_the_datasets_ids_names_and_categories(weights, tmp_pa
     assert r.exit_code == 1 and "nope" in r.output
 
 
+def test_predict_category_names_a_one_class_models_detections(weights, tmp_path):
+    """Pre-annotating new images with class-agnostic weights: --category writes the label users
+    want ("cell", not "object") into LabelMe shapes and the YOLO dataset's names."""
+    yaml = pytest.importorskip("yaml")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    make_dataset(imgs, n_images=2)
+    r = run("predict", imgs, "-o", tmp_path / "lm", "--format", "labelme", "--weights", weights,
+            "--score-threshold", "0", "--category", "cell")
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "lm").glob("*.json"))
+    labels = {s["label"] for f in files for s in json.loads(f.read_text())["shapes"]}
+    assert len(files) == 2 and labels == {"cell"}
+    r = run("predict", imgs, "-o", tmp_path / "yolo", "--format", "yolo-seg", "--weights", weights,
+            "--score-threshold", "0", "--category", "cell")
+    assert r.exit_code == 0, r.output
+    data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
+    names = data["names"]
+    assert (list(names.values()) if isinstance(names, dict) else names) == ["cell"]
+    # a model with classes of its own writes them by name: refused in one line, nothing written
+    multi = tiny_weights(tmp_path / "ab.pt", train_steps=0, num_classes=2, class_names=("a", "b"),
+                         class_agnostic="none")
+    r = run("predict", imgs, "-o", tmp_path / "m.json", "--weights", multi, "--category", "cell")
+    assert r.exit_code == 1 and "one-class" in r.output and not (tmp_path / "m.json").exists()
+    r = run("predict", imgs, "-o", tmp_path / "e.json", "--weights", weights, "--category", " ")
+    assert r.exit_code == 1 and "--category" in r.output and not (tmp_path / "e.json").exists()
+
+
 @pytest.mark.parametrize("name", ["../escape.png", "/abs/img.png", "C:\\x\\img.png", "a/../../b.png"])
 def test_predict_like_refuses_file_names_outside_the_folder(weights, tmp_path, name):
     src = make_dataset(tmp_path, n_images=1)

@@ -84,8 +84,17 @@ def like_entries(doc: dict, folder: Path) -> list[Entry]:
     return out
 
 
-def model_categories(predictor: Predictor) -> list[dict]:
+def model_categories(predictor: Predictor, category: str | None = None) -> list[dict]:
+    """The model's classes as categories 1..N; a one-class (class-agnostic) model's one class named
+    ``category`` where given (what a LabelMe label or a YOLO class name should read, not "object")."""
     names = predictor.class_names or tuple(f"class_{i}" for i in range(predictor.model.cfg.num_classes))
+    if category is not None:
+        if len(names) > 1:
+            raise ValueError(f"--category is for one-class (class-agnostic) weights; these have {len(names)} "
+                             "classes, written by their own names")
+        if not category.strip():
+            raise ValueError("--category: give the name detections are written as")
+        names = (category,)
     return [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(names)]
 
 
