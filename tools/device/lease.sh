@@ -132,7 +132,7 @@ case "${1:-}" in
     python3 -c "import torch, torchvision, pycocotools; print('torch', torch.__version__, torchvision.__version__, torch.cuda.is_available())"
     each_run probe & probes=$!
     if [ "$DEVICE" = cuda ] || [ "${TESTS:-0}" = 1 ]; then
-      timeout -s INT -k 15 "${TEST_S:-240}" python3 -m pytest -q -n 8 -p no:cacheprovider > "$OUT/tests.log" 2>&1
+      timeout -s INT -k 15 "${TEST_S:-300}" python3 -m pytest -q -n 8 -p no:cacheprovider > "$OUT/tests.log" 2>&1
       echo "pytest rc $?"; tail -n 25 "$OUT/tests.log"
     fi
     wait $probes
