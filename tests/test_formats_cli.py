@@ -480,6 +480,16 @@ def test_predict_category_names_a_one_class_models_detections(weights, tmp_path)
     assert r.exit_code == 1 and "one-class" in r.output and not (tmp_path / "m.json").exists()
     r = run("predict", imgs, "-o", tmp_path / "e.json", "--weights", weights, "--category", " ")
     assert r.exit_code == 1 and "--category" in r.output and not (tmp_path / "e.json").exists()
+    # the same with --like, for weights whose classes have no names (counted, not named): refused too,
+    # where the like path used to write one category id for two classes and crash mid-run
+    nameless = tiny_weights(tmp_path / "nn.pt", train_steps=0, num_classes=2, class_names=(), class_agnostic="none")
+    like = tmp_path / "like.json"
+    like.write_text(json.dumps({**json.loads((imgs / "coarse.json").read_text()),
+                                "categories": [{"id": 7, "name": "thing"}], "annotations": []}))
+    r = run("predict", imgs, "-o", tmp_path / "n.json", "--weights", nameless, "--like", like, "--category", "thing",
+            "--score-threshold", "0")
+    assert r.exit_code == 1 and "one-class" in r.output and not (tmp_path / "n.json").exists()
+    assert not list(tmp_path.glob("n.json*"))  # no journal either
 
 
 @pytest.mark.parametrize("name", ["../escape.png", "/abs/img.png", "C:\\x\\img.png", "a/../../b.png"])

@@ -84,14 +84,20 @@ def like_entries(doc: dict, folder: Path) -> list[Entry]:
     return out
 
 
+def require_one_class(predictor: Predictor, instead: str) -> None:
+    """``--category`` names the one class of class-agnostic weights; weights with several classes
+    (named or not) are refused, saying what happens to their classes ``instead``."""
+    n = predictor.model.cfg.num_classes
+    if n > 1:
+        raise ValueError(f"--category is for one-class (class-agnostic) weights; these have {n} classes, {instead}")
+
+
 def model_categories(predictor: Predictor, category: str | None = None) -> list[dict]:
     """The model's classes as categories 1..N; a one-class (class-agnostic) model's one class named
     ``category`` where given (what a LabelMe label or a YOLO class name should read, not "object")."""
     names = predictor.class_names or tuple(f"class_{i}" for i in range(predictor.model.cfg.num_classes))
     if category is not None:
-        if len(names) > 1:
-            raise ValueError(f"--category is for one-class (class-agnostic) weights; these have {len(names)} "
-                             "classes, written by their own names")
+        require_one_class(predictor, "written by their own names")
         if not category.strip():
             raise ValueError("--category: give the name detections are written as")
         names = (category,)
@@ -108,9 +114,7 @@ def like_categories(predictor: Predictor, doc: dict, category: str | None = None
     by_id = {str(c["id"]): c["id"] for c in cats}
     names = list(predictor.class_names or ())
     if category is not None:
-        if len(names) > 1:
-            raise ValueError("--category is for one-class (class-agnostic) weights; these have "
-                             f"{len(names)} classes, matched to the dataset's categories by name")
+        require_one_class(predictor, "matched to the dataset's categories by name")
         cid = by_name.get(category, by_id.get(category))
         if cid is None:
             raise ValueError(f"--category {category!r}: no such category name or id in the --like dataset")
