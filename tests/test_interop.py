@@ -1,6 +1,7 @@
 """Outputs loaded by the tools users already have (labelme, Ultralytics, pycocotools,
 faster-coco-eval), each skipped cleanly where it is not installed; LabelMe and YOLO-seg inputs and
 round trips through them."""
+import base64
 import json
 import os
 from pathlib import Path
@@ -171,6 +172,21 @@ def test_labelme_folder_with_its_images_elsewhere_and_shapes_that_cannot_be_read
     assert r.exit_code == 1 and f"frame_0001.json: shape {label!r}: polygon 0 has points more than" in r.output
     r = edit("x")
     assert r.exit_code == 1 and f"shape {label!r} has points that are not [x, y] pairs" in r.output, r.output
+    # a mask shape placed wholly outside its image has no area there; shape_type / group_id that are
+    # not LabelMe's kinds of value are named by file and shape, not a Python error
+    raw = json.loads(json.dumps(good))
+    raw["shapes"][0] = {"label": label, "shape_type": "mask", "group_id": None, "points": [[-40, -30], [-20, -10]],
+                        "mask": base64.b64encode(cv2.imencode(".png", np.full((20, 20), 255, np.uint8))[1]).decode()}
+    path.write_text(json.dumps(raw))
+    r = run("validate", root / "lm", "--images", root / "imgs")
+    assert r.exit_code == 0 and "1 LabelMe object(s) without area left out" in r.output, r.output
+    for key, value, said in (("shape_type", ["polygon"], "has shape_type ['polygon']"),
+                             ("group_id", [1], "has group_id [1]; LabelMe's group_id is a number or null")):
+        raw = json.loads(json.dumps(good))
+        raw["shapes"][0][key] = value
+        path.write_text(json.dumps(raw))
+        r = run("validate", root / "lm", "--images", root / "imgs")
+        assert r.exit_code == 1 and f"frame_0001.json: shape #0 ({label!r}) {said}" in r.output, r.output
     # imageData that is no image, for an image that is not there: named by file, nothing else said
     raw = json.loads(json.dumps(good))
     raw["imageData"] = "aGk="
@@ -280,6 +296,16 @@ def test_yolo_round_trip_and_validate_a_yolo_dataset(scene, monkeypatch):
     assert r.exit_code == 1 and "frame_0001.txt: not UTF-8 text" in r.output, r.output
     label.write_bytes(b"\xef\xbb\xbf0 0.1 0.1 0.2 0.2 0.3 0.1\n")  # Notepad's UTF-8 byte-order mark
     assert run("validate", root / "yolo").exit_code == 0
+    # objects of zero width or height (a box drawn by a click, a polygon on one line) are left out,
+    # each named by file and line: the checks would otherwise refuse "annotation N", an id the user
+    # never wrote
+    label.write_text("0 0.1 0.1 0.2 0.2 0.3 0.1\n1 0.5 0.5 0 0.2\n0 0.4 0.2 0.4 0.3 0.4 0.6\n1 0.5 0.5 0.1 0.1\n")
+    r = run("validate", root / "yolo")
+    assert r.exit_code == 0, r.output
+    assert "2 YOLO object(s) of zero width or height left out" in r.output
+    assert "frame_0001.txt:2" in r.output and "frame_0001.txt:3" in r.output
+    back, _, _ = load_annotations(root / "yolo")
+    assert sum(a["image_id"] == 1 for a in back["annotations"]) == 2
     # a label file whose image is gone: its objects cannot be read, and the user is told so
     label.write_text("0 0.1 0.1 0.2 0.2 0.3 0.1\n")
     (root / "yolo" / "labels" / "cam_b" / "gone.txt").write_text("1 0.1 0.1 0.2 0.2 0.3 0.1\n")

@@ -75,7 +75,7 @@ def load_annotations(path: str | Path, notes: list | None = None,
 def load_dataset(path: str | Path, images_dir: str | Path | None, notes: list) -> tuple[dict, Path]:
     """``(COCO document, images folder)`` of a COCO file with its ``images_dir``, or of a LabelMe
     folder or YOLO dataset (their own images; a LabelMe folder's elsewhere with ``images_dir``)."""
-    doc, own, kind = load_annotations(path, notes, images_dir if Path(path).is_dir() else None)
+    doc, own, _ = load_annotations(path, notes, images_dir if Path(path).is_dir() else None)
     root = own if own is not None else images_dir
     if root is None:
         raise CocoError(f"{path}: a COCO file needs the folder of its images (--images, or images in [[datasets]])")
@@ -170,10 +170,16 @@ def read_labelme_folder(folder: Path, notes: list, root: Path | None = None) -> 
             if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
                 raise CocoError(f"{json_path}: shape #{k} has no label")
             kind = shape.get("shape_type") or "polygon"
+            if not isinstance(kind, str):
+                raise CocoError(f"{json_path}: shape #{k} ({shape['label']!r}) has shape_type {kind!r}; "
+                                "LabelMe names it, e.g. \"polygon\"")
             if kind not in ("polygon", "rectangle", "mask"):
                 skipped[kind] = skipped.get(kind, 0) + 1
                 continue
             gid = shape.get("group_id")
+            if isinstance(gid, (list, dict)):
+                raise CocoError(f"{json_path}: shape #{k} ({shape['label']!r}) has group_id {gid!r}; "
+                                "LabelMe's group_id is a number or null")
             key = (shape["label"], gid) if gid is not None else (shape["label"], None, k)
             groups.setdefault(key, []).append(shape)
         for key, shapes in groups.items():
@@ -217,6 +223,8 @@ def _labelme_object(shapes: list[dict], size: tuple[int, int], json_path: Path) 
     rects = [s for s in shapes if s.get("shape_type") == "rectangle"]
     if not polys and not masks:  # box only
         pts = np.concatenate([_points(s, json_path) for s in rects])
+        if len(pts) < 2:  # no corners: no area (reported by the caller)
+            return None
         x0, y0 = pts.min(axis=0)
         x1, y1 = pts.max(axis=0)
         if x1 <= x0 or y1 <= y0:
@@ -247,10 +255,13 @@ def _labelme_object(shapes: list[dict], size: tuple[int, int], json_path: Path) 
             crop = _decode_png_b64(s.get("mask") or "")
         except (ValueError, TypeError):
             raise CocoError(f"{json_path}: mask shape {s.get('label')!r} has no readable base64 PNG mask") from None
+        if not len(pts):
+            raise CocoError(f"{json_path}: mask shape {s.get('label')!r} has no points (its top-left corner)")
         x0, y0 = (int(v) for v in np.floor(pts.min(axis=0)))
         ch, cw = crop.shape
-        ys, xs = slice(max(y0, 0), min(y0 + ch, h)), slice(max(x0, 0), min(x0 + cw, w))
-        full[ys, xs] |= crop[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+        ya, yb, xa, xb = max(y0, 0), min(y0 + ch, h), max(x0, 0), min(x0 + cw, w)
+        if ya < yb and xa < xb:  # the part of the mask inside the image (none: no area there)
+            full[ya:yb, xa:xb] |= crop[ya - y0 : yb - y0, xa - x0 : xb - x0]
     if not full.any():
         return None
     return {"segmentation": encode_rle(full), "bbox": mask_bbox(full), "area": float(full.sum())}
@@ -321,6 +332,7 @@ def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
         given = Path(str(data["path"]))
         root = given if given.is_absolute() else yaml_file.parent / given
     images, anns = [], []
+    no_area: list[str] = []  # label lines of zero width or height, as ".../labels/x.txt:3"
     seen: set[Path] = set()
     folders = _image_folders(data, root, yaml_file)
     for folder in folders:
@@ -347,10 +359,17 @@ def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
             for line_no, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
-                ann = _yolo_line(line, w, h, len(names), f"{label_file}:{line_no}")
+                where = f"{label_file}:{line_no}"
+                ann = _yolo_line(line, w, h, len(names), where)
+                if ann is None:  # told, not dropped silently (as LabelMe objects without area are)
+                    no_area.append(where)
+                    continue
                 anns.append({"id": len(anns) + 1, "image_id": image_id, "iscrowd": 0, **ann})
     if not images:
         raise CocoError(f"{yaml_file}: no images found under the train/val folders")
+    if no_area:
+        notes.append(Problem("warning", "file", f"{len(no_area)} YOLO object(s) of zero width or height left out: "
+                                                f"{', '.join(no_area[:3])}" + (", ..." if len(no_area) > 3 else "")))
     # label files without an image are never read (Ultralytics finds labels from images): say so
     used = {label_path_for(img) for img in seen}
     for label_dir in dict.fromkeys(label_path_for(folder / "x.jpg").parent for folder in folders):
@@ -362,7 +381,8 @@ def read_yolo_dataset(yaml_file: Path, notes: list) -> tuple[dict, Path]:
     return {"images": images, "annotations": anns, "categories": cats}, root
 
 
-def _yolo_line(line: str, w: int, h: int, n_classes: int, where: str) -> dict:
+def _yolo_line(line: str, w: int, h: int, n_classes: int, where: str) -> dict | None:
+    """One label line as COCO fields; None for an object of zero width or height (no area to draw)."""
     fields = line.split()
     try:
         cls = int(fields[0])
@@ -379,6 +399,8 @@ def _yolo_line(line: str, w: int, h: int, n_classes: int, where: str) -> dict:
     if len(values) == 4:  # a detection box: cx cy w h
         cx, cy, bw, bh = values
         box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+        if not (round(box[2], 3) > 0 and round(box[3], 3) > 0):
+            return None
         return {"category_id": cls + 1, "bbox": [round(v, 3) for v in box], "area": round(box[2] * box[3], 3)}
     if len(values) < 6 or len(values) % 2:
         raise CocoError(f"{where}: a polygon needs an even number (>= 6) of coordinates, got {len(values)}")
@@ -386,6 +408,8 @@ def _yolo_line(line: str, w: int, h: int, n_classes: int, where: str) -> dict:
     ring = [round(float(v), 2) for v in pts.reshape(-1)]
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
+    if not (x1 > x0 and y1 > y0):
+        return None
     area = ring_area(pts.reshape(-1).tolist())
     return {"category_id": cls + 1, "segmentation": [ring], "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
             "area": round(area, 3)}
