@@ -4,16 +4,22 @@ whole run. Not collected on its own (the name does not start with ``test_``).
 
 Documents are valid, nearly valid and hostile: wrong types, NaN/inf, huge and negative numbers,
 empty and giant lists, wrong RLE sizes, corrupt RLE strings, unicode and ``..`` in file names,
-duplicate ids. The properties: ``check_dataset`` never raises; where it finds no error, every
+duplicate ids; and LabelMe folders, YOLO-seg datasets and detectors' results lists built the same
+way. The properties: ``check_dataset`` never raises; where it finds no error, every
 segmentation decodes to a mask inside its image, refine's own validation agrees and every exporter
-keeps the ids; where it finds one, refine's validation refuses with one line naming it; the weights
-loader refuses garbage files with a reason.
+keeps the ids; where it finds one, refine's validation refuses with one line naming it; repair never
+raises and leaves exactly what the checks still find; LabelMe and YOLO inputs are read into documents
+the checks pass or refused in one line; a results list is scored (and read by refine) exactly when
+its check passes; the weights loader refuses garbage files with a reason.
 
     FUZZ_EXAMPLES=20000 python -m pytest tests/fuzz_documents.py -q -p no:cacheprovider
 """
+import base64
+import json
 import math
 import os
 
+import cv2
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -52,7 +58,7 @@ segmentation = st.one_of(
     st.sampled_from([None, [], {}, "poly", 3, {"counts": "x"}, [[]], [["a", "b", "c", "d", "e", "f"]]]),
 )
 bbox = st.one_of(st.lists(numbers, min_size=0, max_size=5), st.none(), st.text(max_size=4))
-ids = st.one_of(st.integers(1, 4), st.sampled_from(["1", 1.0, None, True, -1, 2**70]))
+ids = st.one_of(st.integers(1, 4), st.sampled_from(["1", 1.0, None, True, -1, 2**70, [1], {"id": 1}]))
 
 
 @st.composite
@@ -141,6 +147,150 @@ def test_segmentations_decode_or_say_why(segm, h, w):
             pass
         else:
             raise AssertionError(f"decoded a segmentation the check refuses: {reason}")
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(documents(), st.booleans())
+def test_repair_never_raises_and_says_what_is_left(doc, drop_invalid):
+    from refinemask_cli.io.repair import repair_dataset
+
+    before = json.dumps(doc, sort_keys=True, default=str)
+    rep = repair_dataset(doc, drop_invalid=drop_invalid)
+    assert json.dumps(doc, sort_keys=True, default=str) == before  # the input is never changed
+    assert [str(p) for p in rep.remaining] == [str(p) for p in check_dataset(rep.doc)]
+    if drop_invalid:  # every annotation still in error was dropped, and named
+        assert not [p for p in rep.remaining if p.level == "error" and p.where.startswith("annotation ")]
+
+
+# -- results lists (a detector's output, read against the dataset its ids refer to) -------------
+GT = {"images": [{"id": 1, "file_name": "a.png", "width": W, "height": H},
+                 {"id": 2, "file_name": "b.png", "width": W, "height": H}],
+      "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [2, 2, 10, 10], "area": 100,
+                       "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]},
+                      {"id": 2, "image_id": 2, "category_id": 2, "iscrowd": 0, "bbox": [0, 0, 30, 24], "area": 200,
+                       "segmentation": valid_rle(3)}],
+      "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+result = st.fixed_dictionaries({}, optional={"image_id": ids, "category_id": ids, "score": numbers, "bbox": bbox,
+                                             "segmentation": segmentation, "id": ids})
+results_lists = st.one_of(st.lists(st.one_of(result, st.sampled_from([None, 3, "x", []])), max_size=4),
+                          st.sampled_from([{}, None, "x"]))
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(results_lists, st.booleans())
+def test_results_lists_are_scored_or_refused(results, class_agnostic):
+    """refine (results_as_dataset) and evaluate (evaluate_detections) read what check_results
+    passes and refuse the rest with its one line."""
+    from refinemask_cli.engine.evaluate import evaluate_detections
+    from refinemask_cli.io.coco import check_results
+    from refinemask_cli.jobs.formats import results_as_dataset
+
+    error = first_error(check_results(results, GT, any_category=class_agnostic))  # never raises
+    try:
+        scores = evaluate_detections(GT, results, class_agnostic=class_agnostic)
+    except CocoError as e:
+        assert error is not None and "\n" not in str(e)
+    else:
+        assert error is None
+        assert all(-1.0 <= v <= 1.0 for k, v in scores.items() if k != "detections")
+    try:
+        doc = results_as_dataset(results, GT)
+    except CocoError as e:
+        assert "\n" not in str(e)
+    else:
+        assert first_error(check_dataset(doc)) is None and len(doc["annotations"]) == len(results)
+
+
+# -- LabelMe folders and YOLO-seg datasets, read into COCO ------------------------------------
+def _png(mask: np.ndarray) -> str:
+    return base64.b64encode(cv2.imencode(".png", mask.astype(np.uint8) * 255)[1].tobytes()).decode()
+
+
+MASK_PNG = _png(np.random.default_rng(0).random((5, 7)) > 0.5)
+pairs = st.lists(st.tuples(st.integers(-40, 70), st.integers(-40, 70)).map(list), max_size=6)
+points = st.one_of(pairs, pairs, st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)).map(list), max_size=5),
+                   st.lists(st.one_of(st.lists(numbers, max_size=3), numbers), max_size=6),
+                   st.sampled_from([None, "x", {}, 5]))
+labelme_shape = st.fixed_dictionaries({}, optional={
+    "label": st.one_of(st.text(max_size=3), st.sampled_from([None, 1, ["a"]])),
+    "points": points,
+    "shape_type": st.sampled_from(["polygon", "rectangle", "mask", "circle", "line", "point", None, 3, "", ["x"]]),
+    "group_id": st.sampled_from([None, 1, 2, "a", 1.5, True, [1], {"a": 1}]),
+    "mask": st.sampled_from([MASK_PNG, "", None, 7, "notb64!", base64.b64encode(b"xx").decode()]),
+    "score": st.sampled_from([0.5, None, "x", math.nan, 2]),
+})
+labelme_file = st.fixed_dictionaries(
+    {"shapes": st.one_of(st.lists(labelme_shape, max_size=4), st.sampled_from([None, {}, "x"]))},
+    optional={"imagePath": st.sampled_from(["a.png", "../a.png", "", None, 3, "b.png", "sub\\a.png"]),
+              "imageHeight": st.sampled_from([H, 0, -1, "24", None, 24.0, 10**6]),
+              "imageWidth": st.sampled_from([W, 0, -1, "30", None, 30.0]),
+              "imageData": st.sampled_from([None, "", "xx", MASK_PNG, 5])})
+yolo_token = st.one_of(st.floats(-0.2, 1.2), st.integers(-1, 3),
+                       st.sampled_from(["nan", "inf", "x", "1e400", "-0", "0.5"]))
+yolo_line = st.one_of(st.lists(yolo_token, max_size=10).map(lambda v: " ".join(map(str, v))),
+                      st.lists(st.floats(0, 1), min_size=4, max_size=10).map(lambda v: "0 " + " ".join(map(str, v))),
+                      st.sampled_from(["", " ", "\t0 0.5 0.5 0.2 0.2", "1.0 0.5 0.5 0.2 0.2", "0 0.5 0.5 0 0"]))
+yolo_yaml = st.fixed_dictionaries({}, optional={
+    "names": st.one_of(st.lists(st.one_of(st.text(max_size=3), st.none(), st.integers()), max_size=3),
+                       st.dictionaries(st.one_of(st.integers(-1, 3), st.sampled_from(["0", "1", "a"])),
+                                       st.text(max_size=2), max_size=3),
+                       st.sampled_from([None, "abc", 3])),
+    "nc": st.sampled_from([2, "2", None, -1, 0]),
+    "train": st.sampled_from(["images/train", "images", ["images/train", "images/val"], "nope", "list.txt", None, 3, ""]),
+    "val": st.sampled_from(["images/val", None, "images/train"]),
+    "path": st.sampled_from([None, ".", "..", "sub", "", 5]),
+})
+
+
+def _read_or_refused(folder):
+    """The document read from ``folder`` (checked: no errors), or None where it was refused in one line."""
+    from refinemask_cli.io.sources import load_annotations
+
+    try:
+        doc, _, _ = load_annotations(folder, [])
+    except CocoError as e:
+        assert "\n" not in str(e)
+        return None
+    problem = first_error(check_dataset(doc))
+    assert problem is None, f"read a document the checks refuse: {problem}"
+    return doc
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(labelme_file, min_size=1, max_size=2))
+def test_labelme_folders_are_read_or_refused(tmp_path_factory, files):
+    folder = tmp_path_factory.mktemp("lm")
+    (folder / "sub").mkdir()
+    for image in (folder / "a.png", folder / "sub" / "a.png"):
+        cv2.imwrite(str(image), np.zeros((H, W, 3), np.uint8))
+    for k, raw in enumerate(files):
+        (folder / f"f{k}.json").write_text(json.dumps(raw))
+    doc = _read_or_refused(folder)
+    if doc is not None:
+        assert len(doc["images"]) == len(files)
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(yolo_yaml, st.lists(st.lists(yolo_line, max_size=4).map("\n".join), min_size=1, max_size=2), st.booleans())
+def test_yolo_datasets_are_read_or_refused(tmp_path_factory, data, label_texts, not_utf8):
+    import yaml
+
+    from refinemask_cli.io.sources import dataset_categories
+
+    root = tmp_path_factory.mktemp("yolo")
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+    for k, text in enumerate(label_texts):
+        cv2.imwrite(str(root / "images" / "train" / f"{k}.png"), np.zeros((H, W, 3), np.uint8))
+        label = root / "labels" / "train" / f"{k}.txt"
+        label.write_bytes(b"\xff\xfe\x00\x81") if not_utf8 and k == 0 else label.write_text(text)
+    (root / "data.yaml").write_text(yaml.safe_dump(data))
+    _read_or_refused(root)
+    try:
+        dataset_categories(root)
+    except CocoError as e:
+        assert "\n" not in str(e)
 
 
 @settings(max_examples=max(20, EXAMPLES // 10), derandomize=True, deadline=None,

@@ -76,15 +76,21 @@ def test_unrepairable_annotations_are_kept_unless_dropping_is_asked():
     doc = {"images": [{"id": 1, "file_name": "a.png", "width": 120, "height": 100}],
            "categories": [{"id": 1, "name": "thing"}],
            "annotations": [ann(1, [SQUARE]), ann(2, [[30, 20, 1e9, 20, 90, 80]]), ann(3, [SQUARE], category_id=9),
-                           ann(4, [SQUARE], iscrowd=2)]}
+                           ann(4, [SQUARE], iscrowd=2),
+                           # no segmentation at all, and no usable box to keep: nothing to make one from
+                           ann(5, "poly", bbox=(0, 0, 0, 0)),
+                           # ids that cannot be ids (a list; true, which Python takes for 1)
+                           ann(6, [SQUARE], image_id=[1]), ann(7, [SQUARE], category_id=True)]}
     rep = repair_dataset(doc)
     assert sorted(p.where for p in rep.remaining if p.level == "error") == [
-        "annotation 2", "annotation 3", "annotation 4"]
-    assert len(rep.doc["annotations"]) == 4 and not rep.fixes
+        "annotation 2", "annotation 3", "annotation 4", "annotation 5", "annotation 5", "annotation 6",
+        "annotation 7"]
+    assert len(rep.doc["annotations"]) == 7 and not rep.fixes
     rep = repair_dataset(doc, drop_invalid=True)
     assert [a["id"] for a in rep.doc["annotations"]] == [1] and not rep.remaining
-    assert [p.where for p in rep.dropped] == ["annotation 2", "annotation 3", "annotation 4"]
+    assert [p.where for p in rep.dropped] == [f"annotation {i}" for i in range(2, 8)]
     assert "category_id 9" in str(rep.dropped[1])
+    assert "image_id [1] is not in 'images'" in str(rep.dropped[4])
 
 
 def test_rle_box_is_its_extent():

@@ -164,6 +164,18 @@ def _check_ids(items: list, kind: str, problems: list[Problem]) -> dict:
     return by_id
 
 
+def by_id(items: dict, value: Any) -> Any:
+    """``items[value]`` for an id value as a file gives it, or None where it names none of them,
+    including values that cannot be ids at all: a list or object (unhashable) and true/false
+    (which Python would take as 1 and 0)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return items.get(value)
+    except TypeError:
+        return None
+
+
 def check_segmentation(segm: Any, height: int, width: int) -> str | None:
     """Why a segmentation is unusable for an image of this size, or None (``segmentation_problem``:
     the same check guards every decoding)."""
@@ -230,11 +242,11 @@ def check_dataset(doc: dict, images_dir: str | Path | None = None) -> list[Probl
             problems.append(Problem("error", f"image {img_id}", messages[name]))
     for ann_id, ann in anns.items():
         where = f"annotation {ann_id}"
-        img = images.get(ann.get("image_id"))
+        img = by_id(images, ann.get("image_id"))
         if img is None:
             problems.append(Problem("error", where, f"image_id {ann.get('image_id')!r} is not in 'images'"))
             continue
-        if ann.get("category_id") not in categories:
+        if by_id(categories, ann.get("category_id")) is None:
             problems.append(Problem("error", where, f"category_id {ann.get('category_id')!r} is not in 'categories'"))
         w, h = img.get("width"), img.get("height")
         if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
@@ -263,18 +275,18 @@ def check_results(results: Any, gt: dict, any_category: bool = False) -> list[Pr
         return [Problem("error", "file", "results must be a list of detections")]
     problems: list[Problem] = []
     images = {im["id"]: im for im in gt.get("images", []) if isinstance(im, dict) and "id" in im}
-    categories = {c["id"] for c in gt.get("categories", []) if isinstance(c, dict) and "id" in c}
+    categories = {c["id"]: c for c in gt.get("categories", []) if isinstance(c, dict) and "id" in c}
     for k, r in enumerate(results):
         if not isinstance(r, dict):
             problems.append(Problem("error", f"result #{k}", "entry is not a JSON object"))
             continue
         where = f"annotation {r['id']}" if isinstance(r.get("id"), int) else f"result #{k}"
-        img = images.get(r.get("image_id"))
+        img = by_id(images, r.get("image_id"))
         if img is None:
             problems.append(Problem("error", where, f"image_id {r.get('image_id')!r} is not an image of the ground "
                                                     "truth (predict --like GT_JSON writes its image ids)"))
             continue
-        if not any_category and r.get("category_id") not in categories:
+        if not any_category and by_id(categories, r.get("category_id")) is None:
             problems.append(Problem("error", where, f"category_id {r.get('category_id')!r} is not a category of the "
                                                     "ground truth (--class-agnostic counts every category as one)"))
         if not finite_number(r.get("score")):

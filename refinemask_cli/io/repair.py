@@ -32,7 +32,7 @@ from ..geometry.masks import (
     segmentation_problem,
     segmentation_to_rle,
 )
-from .coco import Problem, bbox_shape_problem, check_bbox, check_dataset
+from .coco import Problem, bbox_shape_problem, by_id, check_bbox, check_dataset
 
 
 @dataclass
@@ -69,9 +69,13 @@ def _drop_degenerate_rings(ann: dict, fixes: list[Problem]) -> None:
 def _segmentation_bbox(segm: Any, height: int, width: int) -> list[float] | None:
     """The box pycocotools gives a segmentation: polygons' extent, else the RLE's; None where there
     is none or it cannot be read."""
-    if segmentation_kind(segm) == "none" or segmentation_problem(segm, height, width):
+    try:
+        kind = segmentation_kind(segm)
+    except ValueError:  # not a segmentation at all (a string, a number): the checks name it
         return None
-    if segmentation_kind(segm) == "polygon":
+    if kind == "none" or segmentation_problem(segm, height, width):
+        return None
+    if kind == "polygon":
         xs = [float(v) for ring in segm for v in ring[0::2]]
         ys = [float(v) for ring in segm for v in ring[1::2]]
         x0, y0 = max(0.0, min(xs)), max(0.0, min(ys))
@@ -146,12 +150,12 @@ def repair_dataset(doc: dict, image_size: Callable[[dict], tuple[int, int]] | No
         kept.append(ann)
     anns[:] = kept
     sizes = {img["id"]: (img.get("height"), img.get("width")) for img in images
-             if isinstance(img, dict) and "id" in img}
+             if isinstance(img, dict) and isinstance(img.get("id"), int)}
     for ann in anns:
         if not isinstance(ann, dict):
             continue
         _drop_degenerate_rings(ann, rep.fixes)
-        h, w = sizes.get(ann.get("image_id"), (None, None))
+        h, w = by_id(sizes, ann.get("image_id")) or (None, None)
         if _positive_int(h) and _positive_int(w):
             _fix_bbox(ann, h, w, rep.fixes)
     problems = check_dataset(out, images_dir)
