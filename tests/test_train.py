@@ -312,6 +312,26 @@ def test_crop_and_colour_are_drawn_from_the_sample_seed(tmp_path):
     assert TrainConfig.from_dict({**base, "crop_scale": [0.4, 0.9]}).crop_scale == (0.4, 0.9)
 
 
+def test_settings_that_would_train_wrongly_or_fail_later_are_refused_up_front():
+    """A negative grad_clip reversed every gradient (clip_grad_norm_ scales by max_norm / norm) and
+    0 zeroed them: the run went on, silently wrong. The rest failed only after the datasets were
+    read (a weight of 0 or less, a negative seed, worker count or decay), or with a Python error
+    naming nothing ([model] not a table); unknown [model] keys were named only after the data."""
+    base = {"datasets": [{"json": "a", "images": "b"}]}
+    for bad, words in (({"grad_clip": -1.0}, "grad_clip must be > 0"), ({"grad_clip": 0}, "grad_clip must be > 0"),
+                       ({"warmup_iters": -5}, "warmup_iters must be >= 0"), ({"seed": -1}, "seed must be >= 0"),
+                       ({"num_workers": -2}, "num_workers must be >= 0"),
+                       ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+                       ({"datasets": [{"json": "a", "weight": 0}]}, "a: weight must be > 0"),
+                       ({"model": 3}, "model is a \\[model\\] table"),
+                       ({"model": {"backbone": "mobilenet_v2", "fpn_chanels": 64}}, "unknown \\[model\\] keys: fpn_chanels")):
+        with pytest.raises(ValueError, match=words):
+            TrainConfig.from_dict({**base, **bad})
+    ok = TrainConfig.from_dict({**base, "warmup_iters": 0, "seed": 0, "num_workers": 0, "weight_decay": 0,
+                                "model": {"fpn_channels": 64}})
+    assert ok.grad_clip == 35.0 and ok.model == {"fpn_channels": 64}
+
+
 def test_warmup_takes_at_most_a_fifth_of_a_short_run():
     from refinemask_cli.engine.train import TrainSettings, lr_at
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.config import is_number, reject_unknown_keys, wrong_types
+from ..model.config import ModelConfig, is_number, reject_unknown_keys, wrong_types
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,6 +119,22 @@ class TrainConfig:
                 errors.append(f"{ds.json}: exclude_held_back_of is a list of COCO JSON paths")
         if self.mode not in TRAIN_MODES:
             errors.append(f"mode must be one of {', '.join(TRAIN_MODES)}, got {self.mode!r}")
+        if not isinstance(self.model, dict):
+            errors.append(f"model is a [model] table of model settings, got {self.model!r}")
+        else:
+            unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelConfig)})
+            if unknown:
+                errors.append(f"unknown [model] keys: {', '.join(map(str, unknown))}")
+        for ds in self.datasets:
+            if not ds.weight > 0:
+                errors.append(f"{ds.json}: weight must be > 0 (how often the set is drawn, relative to the others)")
+        if not self.grad_clip > 0:  # clip_grad_norm_ at 0 zeroes every gradient, below 0 reverses it
+            errors.append("grad_clip must be > 0 (the largest gradient norm kept)")
+        for name in ("warmup_iters", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} must be >= 0")
+        if self.weight_decay < 0:
+            errors.append("weight_decay must be >= 0")
         if self.mask_rois_per_image < 0:
             errors.append("mask_rois_per_image must be >= 0 (0: all)")
         if self.canvas and (self.canvas < 32 or self.canvas % 32):
