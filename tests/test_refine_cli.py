@@ -253,6 +253,30 @@ def test_resume_after_interruption_gives_identical_output(weights, tmp_path, bat
     assert not journal.path.exists()
 
 
+def test_a_damaged_journal_is_named_or_its_damaged_lines_run_again(weights, data):
+    """A journal is only ever appended to, but a disk or an editor can damage it: a first line that is
+    no header is named (exit 1, one line, how to start over), and a line that is no record holds no
+    finished image, so that image runs again; before, both were Python errors (one a traceback)."""
+    from refinemask_cli.io.coco import CocoError
+
+    src, root = data
+    j = job.Journal(root / "o.json", "fp")
+    j.start()
+    j.append(1, [{"id": 1}])
+    with open(j.path, "a") as f:
+        f.write('[1, 2]\n{"image_id": "7", "results": []}\n{"results": []}\n"x"\n')
+    j.append(3, [])
+    assert j.load() == {1: [{"id": 1}], 3: []}
+    for first in (b"[1]", b"garbage", b'"fp"', b'\xff\xfe{"fingerprint": "fp"}'):
+        j.path.write_bytes(first + b"\n")
+        with pytest.raises(CocoError, match="not a refinemask journal"):
+            j.load()
+    r = run("refine", src, "--images", root, "-o", root / "o.json", "--weights", weights, "--resume")
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "o.json.journal: not a refinemask journal" in r.output and "--overwrite" in r.output
+    assert not (root / "o.json").exists()
+
+
 def test_ctrl_c_says_how_to_resume(weights, tmp_path, monkeypatch):
     """Ctrl-C during refine: exit 130 and one line naming the journal and --resume, no traceback."""
     src = make_dataset(tmp_path, n_images=3)

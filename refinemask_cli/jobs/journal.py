@@ -32,11 +32,17 @@ class Journal:
 
     def load(self) -> dict[int, object]:
         done: dict[int, object] = {}
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:
             lines = f.read().split("\n")
         if not lines or not lines[0]:
             return done
-        header = json.loads(lines[0])
+        try:
+            header = json.loads(lines[0])
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict):
+            raise CocoError(f"{self.path}: not a refinemask journal (its first line is no header); "
+                            "pass --overwrite to start over")
         if header.get("fingerprint") != self.fingerprint:
             raise CocoError(f"{self.path}: journal was written for another input, weights or options (or by "
                             "another version of refinemask); pass --overwrite to start over")
@@ -45,7 +51,9 @@ class Journal:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the line being written when the run was stopped
-            done[rec["image_id"]] = rec["results"]
+            # a line that is not a record (a damaged file) holds no finished image: that image runs again
+            if isinstance(rec, dict) and isinstance(rec.get("image_id"), int) and "results" in rec:
+                done[rec["image_id"]] = rec["results"]
         return done
 
     def start(self) -> None:
