@@ -885,7 +885,15 @@ def evaluate(gt_json: Path, pred_json: Path, images_dir: Path | None, as_json: b
         evaluate_detections,
         is_refined_copy,
     )
-    from .io.coco import CocoError, check_dataset, first_error, read_coco, read_json
+    from .io.coco import (
+        CocoError,
+        check_dataset,
+        check_segmentation,
+        first_error,
+        read_coco,
+        read_json,
+        unusable_id,
+    )
     from .io.sources import detect_kind
 
     # a LabelMe folder or YOLO dataset is read as COCO (read_input); its annotation ids are numbers
@@ -901,6 +909,8 @@ def evaluate(gt_json: Path, pred_json: Path, images_dir: Path | None, as_json: b
     if by_id and ids_are_reading_order:
         raise click.UsageError("--by-id needs two COCO files: a LabelMe folder's or YOLO dataset's annotation ids "
                                "are given in reading order and name no object; leave --by-id out")
+    if not isinstance(pred, (dict, list)):
+        raise UserError(f"{pred_json}: neither a results list nor a dataset with 'annotations'")
     if isinstance(pred, dict):
         if "annotations" not in pred:
             raise UserError(f"{pred_json}: neither a results list nor a dataset with 'annotations'")
@@ -909,11 +919,23 @@ def evaluate(gt_json: Path, pred_json: Path, images_dir: Path | None, as_json: b
         bad = next((k for k, a in enumerate(pred["annotations"]) if not isinstance(a, dict)), None)
         if bad is not None:
             raise UserError(f"{pred_json}: annotation #{bad}: entry is not a JSON object")
+        problem = unusable_id(pred)
+        if problem:
+            raise UserError(f"{pred_json}: {problem}")
         by_id = by_id or (not ids_are_reading_order and is_refined_copy(gt, pred))
     elif by_id:
         raise UserError(f"{pred_json}: a results list has no annotation ids; --by-id needs a dataset")
     if by_id:
-        res = evaluate_by_id(gt, pred if isinstance(pred, dict) else {"annotations": []}, ignore_key)
+        if ignore_key:  # a key of the user's own, which the dataset checks do not read
+            sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+            for ann in gt["annotations"]:
+                reason = check_segmentation(ann[ignore_key], *sizes[ann["image_id"]]) if ann.get(ignore_key) else None
+                if reason:
+                    raise UserError(f"{gt_json}: annotation {ann['id']}: its {ignore_key!r} (--ignore): {reason}")
+        try:
+            res = evaluate_by_id(gt, pred if isinstance(pred, dict) else {"annotations": []}, ignore_key)
+        except CocoError as e:
+            raise UserError(f"{pred_json}: {e}") from None
         res.pop("per_annotation")
         res = {"mode": "by-id", **res}
     else:

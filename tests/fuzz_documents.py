@@ -10,7 +10,8 @@ segmentation decodes to a mask inside its image, refine's own validation agrees 
 keeps the ids; where it finds one, refine's validation refuses with one line naming it; repair never
 raises and leaves exactly what the checks still find; LabelMe and YOLO inputs are read into documents
 the checks pass or refused in one line; a results list is scored (and read by refine) exactly when
-its check passes; the weights loader refuses garbage files with a reason.
+its check passes, and ``evaluate`` of any predictions file scores it or names the file in one line;
+the weights loader refuses garbage files with a reason.
 
     FUZZ_EXAMPLES=20000 python -m pytest tests/fuzz_documents.py -q -p no:cacheprovider
 """
@@ -199,6 +200,29 @@ def test_results_lists_are_scored_or_refused(results, class_agnostic):
         assert "\n" not in str(e)
     else:
         assert first_error(check_dataset(doc)) is None and len(doc["annotations"]) == len(results)
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(documents(), results_lists, st.lists(result, max_size=3).map(lambda anns: {**GT, "annotations": anns})),
+       st.sampled_from([(), ("--by-id",), ("--class-agnostic",), ("--by-id", "--ignore", "segmentation"),
+                        ("--by-id", "--ignore", "bbox")]))
+def test_evaluate_scores_or_names_the_file(tmp_path_factory, pred, flags):
+    """``refinemask evaluate`` of any predictions file against a dataset: scores (exit 0), or one
+    line naming one of the two files (exit 1), never a Python error."""
+    from click.testing import CliRunner
+
+    from refinemask_cli.cli import main
+
+    folder = tmp_path_factory.mktemp("ev")
+    (folder / "gt.json").write_text(json.dumps(GT))
+    (folder / "p.json").write_text(json.dumps(pred))
+    r = CliRunner().invoke(main, ["evaluate", str(folder / "gt.json"), str(folder / "p.json"), *flags])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    if r.exit_code == 1:
+        errors = [line for line in r.output.strip().splitlines() if not line.startswith("warning")]
+        assert len(errors) == 1 and ("p.json" in errors[0] or "gt.json" in errors[0]), r.output
+    else:
+        assert r.exit_code == 0, r.output
 
 
 # -- LabelMe folders and YOLO-seg datasets, read into COCO ------------------------------------

@@ -148,6 +148,80 @@ def test_evaluate_cli_by_id_json(tmp_path):
     assert r.exit_code == 1 and "not found" in r.output
 
 
+def test_evaluate_by_id_leaves_out_the_ignored_pixels_and_names_copies_it_cannot_score(tmp_path):
+    """--ignore KEY: the GT's segmentation under KEY is left out of both masks (here the half the
+    copy missed, so IoU 0.5 becomes 1). A copy with no readable mask, or an --ignore region that is
+    none, is one line naming its file and annotation (before: a Python error, or a KeyError
+    traceback for PRED entries without an id under --by-id, which now match nothing)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from refinemask_cli.cli import main
+
+    a = np.zeros((40, 40), bool)
+    a[0:20, 0:20] = True
+    p = np.zeros((40, 40), bool)
+    p[0:20, 0:10] = True
+    unsure = np.zeros((40, 40), bool)
+    unsure[:, 10:] = True
+    gt = _doc([a], [7])
+    gt["annotations"][0]["uncertain"] = rle(unsure)
+    pred = _doc([p], [7])
+    paths = {name: tmp_path / f"{name}.json" for name in ("gt", "pred")}
+
+    def evaluate(*extra):
+        paths["gt"].write_text(json.dumps(gt))
+        paths["pred"].write_text(json.dumps(pred))
+        return CliRunner().invoke(main, ["evaluate", str(paths["gt"]), str(paths["pred"]), "--json", *extra])
+
+    r = evaluate()
+    assert r.exit_code == 0 and json.loads(r.output)["mIoU"] == pytest.approx(0.5)
+    r = evaluate("--ignore", "uncertain")
+    assert r.exit_code == 0 and json.loads(r.output)["mIoU"] == pytest.approx(1.0), r.output
+    pred["annotations"].append({"segmentation": "x"})  # no id: matches no object
+    r = evaluate("--by-id")
+    assert r.exit_code == 0 and json.loads(r.output)["mIoU"] == pytest.approx(0.5), r.output
+    pred["annotations"][0]["segmentation"] = {"size": [40, 40], "counts": "not rle"}
+    r = evaluate("--by-id")
+    assert r.exit_code == 1 and f"{paths['pred']}: annotation 7: its copy in PRED:" in r.output, r.output
+    pred["annotations"][0] = {k: v for k, v in pred["annotations"][0].items() if k not in ("segmentation", "bbox")}
+    r = evaluate("--by-id")
+    assert r.exit_code == 1 and "annotation 7: its copy in PRED has neither segmentation nor bbox" in r.output
+    pred["annotations"][0]["bbox"] = [0, 0, 10, 20]  # box-only: the box is the mask
+    r = evaluate("--by-id")
+    assert r.exit_code == 0 and json.loads(r.output)["mIoU"] == pytest.approx(0.5), r.output
+    gt["annotations"][0]["uncertain"] = [[1, 2, "x"]]
+    r = evaluate("--by-id", "--ignore", "uncertain")
+    assert r.exit_code == 1 and f"{paths['gt']}: annotation 7: its 'uncertain' (--ignore):" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("pred,said", [
+    ("x", "neither a results list nor a dataset"), (None, "neither a results list nor a dataset"),
+    ({"annotations": [{"id": [7], "image_id": 1}]}, "annotation #0: id [7] is not an id"),
+    ({"annotations": [{"id": 7, "image_id": {"id": 1}, "category_id": 1, "bbox": [0, 0, 5, 5]}]},
+     "annotation #0: image_id {'id': 1} is not an id"),
+    ({"images": [{"id": [1], "file_name": "x.png"}], "annotations": []}, "image #0: id [1] is not an id"),
+])
+def test_predictions_that_are_no_dataset_are_named_in_one_line(tmp_path, pred, said):
+    """Before: "string indices must be integers", "unhashable type: 'list'": one line, naming no file."""
+    import json
+
+    from click.testing import CliRunner
+
+    from refinemask_cli.cli import main
+
+    a = np.zeros((40, 40), bool)
+    a[0:20, 0:20] = True
+    (tmp_path / "gt.json").write_text(json.dumps(_doc([a], [7])))
+    (tmp_path / "p.json").write_text(json.dumps(pred))
+    for extra in ([], ["--by-id"], ["--class-agnostic"]):
+        r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "gt.json"), str(tmp_path / "p.json"), *extra])
+        assert r.exit_code == 1 and f"{tmp_path / 'p.json'}: {said}" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+
+
 def test_check_results_names_each_detection_that_cannot_be_scored():
     from refinemask_cli.io.coco import check_results, first_error
 

@@ -25,7 +25,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..geometry import segmentation_to_mask
-from ..io.coco import CocoError, check_results, first_error, segmentation_kind_safe
+from ..io.coco import (
+    CocoError,
+    bbox_shape_problem,
+    check_results,
+    check_segmentation,
+    first_error,
+    segmentation_kind_safe,
+)
 
 DILATION_RATIO = 0.02
 KERNEL = np.ones((3, 3), np.uint8)
@@ -104,6 +111,19 @@ def annotation_mask(ann: dict | None, h: int, w: int) -> np.ndarray | None:
     return segmentation_to_mask(ann["segmentation"], h, w)
 
 
+def copy_problem(ann: dict, height: int, width: int) -> str | None:
+    """Why the refined copy of an object cannot be scored against it (an image ``height × width``):
+    no readable segmentation and no usable box; None where it can be."""
+    segm = ann.get("segmentation")
+    if segmentation_kind_safe(segm) == "none":
+        if "bbox" not in ann:
+            return "its copy in PRED has neither segmentation nor bbox"
+        shape = bbox_shape_problem(ann["bbox"])
+        return f"its copy in PRED: {shape}" if shape else None
+    reason = check_segmentation(segm, height, width)
+    return f"its copy in PRED: {reason}" if reason else None
+
+
 def evaluate_by_id(gt: dict, pred: dict, ignore_key: str | None = None) -> dict:
     """Refinement metrics of PRED against GT matched by annotation id (crowd GT is skipped).
 
@@ -111,7 +131,9 @@ def evaluate_by_id(gt: dict, pred: dict, ignore_key: str | None = None) -> dict:
     carry a segmentation under that key whose pixels are left out of every score.
     """
     images = {im["id"]: im for im in gt["images"]}
-    pred_by_id = {a["id"]: a for a in pred.get("annotations", [])}
+    # entries without an integer id match no ground-truth object (they are not refined copies of one)
+    pred_by_id = {a["id"]: a for a in pred.get("annotations", [])
+                  if isinstance(a, dict) and isinstance(a.get("id"), int) and not isinstance(a["id"], bool)}
     scores: list[PairScore] = []
     for ann in gt["annotations"]:
         if ann.get("iscrowd", 0):
@@ -119,7 +141,11 @@ def evaluate_by_id(gt: dict, pred: dict, ignore_key: str | None = None) -> dict:
         im = images[ann["image_id"]]
         h, w = im["height"], im["width"]
         g = annotation_mask(ann, h, w)
-        p = annotation_mask(pred_by_id.get(ann["id"]), h, w)
+        copy = pred_by_id.get(ann["id"])
+        problem = copy_problem(copy, h, w) if copy is not None else None
+        if problem:
+            raise CocoError(f"annotation {ann['id']}: {problem}")
+        p = annotation_mask(copy, h, w)
         size = size_name(float(ann.get("area", g.sum())))
         if p is None:
             scores.append(PairScore(ann["id"], ann["category_id"], size, 0.0, 0.0, 0.0, 0.0, missing=True))

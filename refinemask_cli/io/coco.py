@@ -176,6 +176,19 @@ def by_id(items: dict, value: Any) -> Any:
         return None
 
 
+def unusable_id(doc: dict) -> str | None:
+    """Where a document that is not checked as a dataset (predictions to score) has an id that is a
+    list or object, which no lookup can take: "annotation #3: image_id [1] is not an id"; else None."""
+    for key, what, fields in (("images", "image", ("id",)), ("categories", "category", ("id",)),
+                              ("annotations", "annotation", ("id", "image_id", "category_id"))):
+        items = doc.get(key) if isinstance(doc.get(key), list) else []
+        for k, item in enumerate(items):
+            for name in fields if isinstance(item, dict) else ():
+                if isinstance(item.get(name), (list, dict)):
+                    return f"{what} #{k}: {name} {item[name]!r} is not an id"
+    return None
+
+
 def check_segmentation(segm: Any, height: int, width: int) -> str | None:
     """Why a segmentation is unusable for an image of this size, or None (``segmentation_problem``:
     the same check guards every decoding)."""
@@ -280,7 +293,7 @@ def check_results(results: Any, gt: dict, any_category: bool = False) -> list[Pr
         if not isinstance(r, dict):
             problems.append(Problem("error", f"result #{k}", "entry is not a JSON object"))
             continue
-        where = f"annotation {r['id']}" if isinstance(r.get("id"), int) else f"result #{k}"
+        where = f"annotation {r['id']}" if isinstance(r.get("id"), int) and not isinstance(r["id"], bool) else f"result #{k}"
         img = by_id(images, r.get("image_id"))
         if img is None:
             problems.append(Problem("error", where, f"image_id {r.get('image_id')!r} is not an image of the ground "
