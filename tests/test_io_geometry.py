@@ -68,6 +68,31 @@ def test_read_image_variants(tmp_path):
         read_image(tmp_path / "none.jpg")
 
 
+def test_read_image_of_floating_point_tiffs_and_of_more_pixels_than_opencv_decodes(tmp_path):
+    """A float TIFF in [0, 1] read as all black (clipped, not scaled); a one-channel float TIFF was
+    'not a readable image'; a PNG over OpenCV's pixel limit raised cv2.error, a traceback from
+    every command."""
+    import struct
+    import zlib
+
+    ramp = np.linspace(0, 1, 6 * 9, dtype=np.float32).reshape(6, 9)
+    cv2.imwrite(str(tmp_path / "f.tiff"), np.dstack([ramp] * 3))
+    out = read_image(tmp_path / "f.tiff")
+    assert out.dtype == np.uint8 and out[0, 0].tolist() == [0, 0, 0] and out[-1, -1].tolist() == [255, 255, 255]
+    cv2.imwrite(str(tmp_path / "g.tiff"), ramp * 400)  # one channel, beyond [0, 1]: clipped to 0..255
+    out = read_image(tmp_path / "g.tiff")
+    assert out.shape == (6, 9, 3) and out[-1, -1].tolist() == [255, 255, 255] and out[0, 1, 0] == int(400 / 53)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)  # 3.6 Gpx claimed, 100 bytes given
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageReadError, match="huge.png: more pixels than OpenCV will decode .* OPENCV_IO_MAX_IMAGE_PIXELS"):
+        read_image(tmp_path / "huge.png")
+
+
 def test_looks_readable_checks_the_header_and_falls_back_to_decoding(tmp_path, monkeypatch):
     cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((6, 9, 3), np.uint8))
     (tmp_path / "text.jpg").write_bytes(b"not an image")

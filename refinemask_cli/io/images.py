@@ -136,11 +136,39 @@ def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
     else:
         raise ImageReadError(f"{p}: image file not found")
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | (0 if exif else cv2.IMREAD_IGNORE_ORIENTATION)
-    img = cv2.imdecode(data, flags) if data.size else None
+    try:
+        img = cv2.imdecode(data, flags) if data.size else None
+        if img is None and data.size:  # decoders that cannot convert while reading (one-channel float TIFF)
+            img = _as_bgr(cv2.imdecode(data, cv2.IMREAD_UNCHANGED))
+    except cv2.error as e:  # OpenCV refuses images over its pixel limit before decoding them
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):
+            raise ImageReadError(f"{p}: more pixels than OpenCV will decode ({CV_MAX_PIXELS_DEFAULT:,} by default); "
+                                 "cut it into tiles, or set the environment variable OPENCV_IO_MAX_IMAGE_PIXELS "
+                                 "higher if this machine has the memory") from None
+        raise ImageReadError(f"{p}: not a readable image ({str(e).strip().splitlines()[-1]})") from None
     if img is None:
         raise ImageReadError(f"{p}: not a readable image (corrupt or unsupported format)")
     if img.dtype == np.uint16:
         img = (img.astype(np.uint32) * 255 // 65535).astype(np.uint8)
     elif img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
+        img = img.astype(np.float64)
+        finite = img[np.isfinite(img)]
+        if np.issubdtype(img.dtype, np.floating) and finite.size and finite.max() <= 1.0:
+            img = img * 255  # a floating-point image in [0, 1], as viewers show it
+        img = np.clip(np.nan_to_num(img), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+CV_MAX_PIXELS_DEFAULT = 1 << 30  # OpenCV's default limit (CV_IO_MAX_IMAGE_PIXELS; OPENCV_IO_MAX_IMAGE_PIXELS sets it)
+
+
+def _as_bgr(img: np.ndarray | None) -> np.ndarray | None:
+    """An image decoded as stored (1, 2, 3 or 4 channels) as 3-channel BGR; None stays None."""
+    if img is None:
+        return None
+    if img.ndim == 2:
+        img = img[..., None]
+    channels = img.shape[2]
+    if channels in (1, 2):  # grey, or grey and alpha
+        return np.repeat(img[..., :1], 3, axis=2)
+    return img[..., :3] if channels >= 3 else None
