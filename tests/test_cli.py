@@ -105,6 +105,17 @@ def test_a_missing_image_found_elsewhere_below_images_is_pointed_at(tmp_path):
            "must be the image's path relative to --images)" in r.output, r.output
     assert f"image 3: file both.png not found in {root}\n" in r.output  # two candidates: no guess
     assert f"image 4: file gone.png not found in {root}\n" in r.output
+    # missing images of one base name in two folders (a camera or split per folder) crashed the
+    # check with a KeyError traceback; each is named, and the one whose path fits gets the hint
+    doc["images"] = [{"id": i + 1, "width": 8, "height": 8, "file_name": n}
+                     for i, n in enumerate(["x/train/a.png", "y/train/a.png", "cam/a.png"])]
+    src.write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, ["validate", str(src), "--images", str(root)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    for i, name in enumerate(["x/train/a.png", "y/train/a.png", "cam/a.png"], 1):
+        assert f"image {i}: file {name} not found in {root}\n" in r.output, r.output
+    r = CliRunner().invoke(main, ["validate", str(src), "--images", str(root / "train")])
+    assert "image 1: file x/train/a.png not found" in r.output and "image 3: file cam/a.png not found" in r.output
 
 
 def test_env_reports_versions_devices_and_the_default_weights(tmp_path, monkeypatch):

@@ -66,7 +66,9 @@ def not_found_messages(images_dir: str | Path, file_names: list[str], limit: int
     sit in). At most ``limit`` files are looked at; names found nowhere, or in several places, get
     no hint."""
     root = Path(images_dir)
-    wanted = {PurePosixPath(n.replace("\\", "/")).name: n for n in file_names}
+    wanted: dict[str, list[str]] = {}  # base name -> the file names ending in it (cam_a/1.png, cam_b/1.png)
+    for n in dict.fromkeys(file_names):
+        wanted.setdefault(PurePosixPath(n.replace("\\", "/")).name, []).append(n)
     found: dict[str, list[Path]] = {}
     seen = 0
     for folder, _, files in os.walk(root):
@@ -77,20 +79,21 @@ def not_found_messages(images_dir: str | Path, file_names: list[str], limit: int
         if seen > limit:
             break
     messages = {}
-    for base, name in wanted.items():
-        messages[name] = f"file {name} not found in {images_dir}"
+    for base, names in wanted.items():
         places = found.get(base, [])
-        if len(places) != 1:
-            continue
-        rel = places[0].as_posix()
-        given = name.replace("\\", "/")
-        while given.startswith("./"):
-            given = given[2:]
-        if rel.endswith("/" + given):  # --images one folder (or more) too high
-            messages[name] += f" (it is at {root / rel}: pass --images {root / rel[: -len(given) - 1]})"
-        else:
-            messages[name] += (f" (a file of that name is at {root / rel}; file_name must be the image's path "
-                               f"relative to --images)")
+        for name in names:
+            messages[name] = f"file {name} not found in {images_dir}"
+            if len(places) != 1:
+                continue
+            rel = places[0].as_posix()
+            given = name.replace("\\", "/")
+            while given.startswith("./"):
+                given = given[2:]
+            if rel.endswith("/" + given):  # --images one folder (or more) too high
+                messages[name] += f" (it is at {root / rel}: pass --images {root / rel[: -len(given) - 1]})"
+            elif len(names) == 1:  # one name for that one file: its folder part is what is off
+                messages[name] += (f" (a file of that name is at {root / rel}; file_name must be the image's path "
+                                   f"relative to --images)")
     return messages
 
 
