@@ -404,9 +404,14 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
             raise UserError(f"{output} is a folder; name a JSON file for -o, or pass --format labelme or yolo-seg")
         if fmt != "coco":
             refuse_folder_over_inputs(output, input_json, images_dir)
+        from .io.coco import CocoError
         from .jobs.formats import check_folder_output
 
-        check_folder_output(doc, fmt)  # file names the format cannot hold: said now, not after the job
+        require_valid(doc, input_json)  # before anything reads its ids (the job checks it again, with the images)
+        try:
+            check_folder_output(doc, fmt)  # file names the format cannot hold: said now, not after the job
+        except CocoError as e:
+            raise UserError(f"{input_json}: {e}") from None
         if vis_dir is not None:
             check_overlay_paths(doc)
         predictor, ckpt = make_predictor(weights, device, precision, batch_size, canvas=canvas)

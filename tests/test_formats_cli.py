@@ -324,6 +324,28 @@ def test_export_rejects_invalid_input(tmp_path):
     assert r.exit_code == 1 and "annotation 100" in r.output and not (tmp_path / "y").exists()
 
 
+@pytest.mark.parametrize("fmt", ["coco", "labelme", "yolo-seg"])
+def test_refine_checks_its_input_before_the_output_format_reads_it(weights, tmp_path, fmt):
+    """refine --format yolo-seg sorted category ids before the input was checked: ids that were
+    objects gave "'<' not supported between instances of 'dict' and 'dict'" (one line, naming
+    nothing). The input is checked first now, as export does; what only the format refuses (no
+    category for YOLO classes) names the input too."""
+    src = make_dataset(tmp_path, n_images=1)
+    doc = json.loads(src.read_text())
+    good = json.loads(json.dumps(doc))
+    doc["categories"].append({"id": {"id": 1}, "name": "odd"})
+    src.write_text(json.dumps(doc))
+    out = tmp_path / ("o.json" if fmt == "coco" else "o")
+    r = run("refine", src, "--images", tmp_path, "-o", out, "--format", fmt, "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 1 and f"{src}: category #" in r.output and "is not an integer" in r.output, r.output
+    assert not out.exists()
+    if fmt == "yolo-seg":
+        good["categories"], good["annotations"] = [], []
+        src.write_text(json.dumps(good))
+        r = run("refine", src, "--images", tmp_path, "-o", out, "--format", fmt, "--weights", weights, "--device", "cpu")
+        assert r.exit_code == 1 and f"{src}: no categories to make YOLO classes of" in r.output, r.output
+
+
 def test_validate_lists_every_problem(tmp_path):
     src = make_dataset(tmp_path, n_images=2)
     assert run("validate", src, "--images", tmp_path).exit_code == 0
