@@ -528,6 +528,28 @@ def test_a_missing_training_image_is_one_line_before_anything_is_made(tmp_path):
     assert f"{src}: image 11: file img_1.png not found in {tmp_path}" in r.output and not out.exists()
 
 
+def test_an_invalid_or_empty_training_set_is_one_line_before_anything_is_made(tmp_path):
+    """train read a COCO file's contents unchecked: a category id that was an object failed as
+    "'<' not supported between instances of 'dict' and 'int'", an RLE of the wrong size only inside a
+    loader worker. It is checked as refine checks its input now. A set left with no image made the
+    run folder first, then failed as 'every training dataset needs at least one image', naming none."""
+    import json
+
+    def spoil_json(doc):
+        doc["annotations"][1]["segmentation"] = {"size": [5, 5], "counts": "05"}
+
+    for spoil, said in ((spoil_json, "annotation 101: "),
+                        (lambda doc: doc["categories"].append({"id": {"id": 1}, "name": "x"}), "category #2: id"),
+                        (lambda doc: doc.update(images=[], annotations=[]), "no images to train on")):
+        def spoil_file(png, spoil=spoil):
+            doc = json.loads((png.parent / "coarse.json").read_text())
+            spoil(doc)
+            (png.parent / "coarse.json").write_text(json.dumps(doc))
+
+        r, src, out, _ = train_with_a_bad_image(tmp_path, spoil_file)
+        assert f"{src}: {said}" in r.output and not out.exists(), r.output
+
+
 def test_a_training_file_that_is_no_image_is_one_line_before_anything_is_made(tmp_path):
     r, src, out, _ = train_with_a_bad_image(
         tmp_path, lambda png: png.write_bytes(b"not an image: a text file saved under an image's name"))

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..data.coco_dataset import CocoInstances, collate
 from ..data.mixture import MixedInstances, StepBatchSampler
 from ..data.splits import held_back_names, holdout_ids
-from ..io.coco import read_coco
+from ..io.coco import CocoError, read_coco
 from ..io.sources import dataset_categories
 from ..model import ModelConfig, RefineMaskRCNN, build_model
 from ..model.zoom import ZoomSpec
@@ -73,6 +73,9 @@ def build_dataset(spec: DatasetSpec, class_names: tuple[str, ...], agnostic: boo
         names = set().union(*(held_back_names(read_coco(other)) for other in spec.exclude_held_back_of))
         ds.restrict({i for i, im in ds.images.items()
                      if i not in held and Path(im["file_name"]).name not in names})
+    if not len(ds):  # said before the run folder is made, naming the set
+        left_out = " once the held-back images are left out" if ds.images else ""
+        raise CocoError(f"{spec.json}: no images to train on{left_out}")
     ds.check_files(spec.json)
     for note in ds.notes if on_note else ():
         on_note(f"{spec.json}: {note}")

@@ -27,7 +27,7 @@ import numpy as np
 from ..geometry import encode_rle, mask_bbox, segmentation_to_mask
 from ..geometry.masks import finite_number, segmentation_problem
 from ..geometry.polygons import ring_area
-from .coco import CocoError, Problem, read_coco
+from .coco import CocoError, Problem, check_dataset, first_error, read_coco
 from .images import SUFFIXES, ImageReadError, hold_image, read_image
 
 KINDS = ("coco", "labelme", "yolo")
@@ -79,6 +79,9 @@ def load_dataset(path: str | Path, images_dir: str | Path | None, notes: list) -
     root = own if own is not None else images_dir
     if root is None:
         raise CocoError(f"{path}: a COCO file needs the folder of its images (--images, or images in [[datasets]])")
+    problem = first_error(check_dataset(doc))  # what refine refuses, training does not read either
+    if problem:
+        raise CocoError(f"{path}: {problem} (`refinemask validate` lists them all; with --fix it repairs what it can)")
     return doc, Path(root)
 
 
