@@ -11,6 +11,7 @@ keeps the ids; where it finds one, refine's validation refuses with one line nam
 raises and leaves exactly what the checks still find; LabelMe and YOLO inputs are read into documents
 the checks pass or refused in one line; a results list is scored (and read by refine) exactly when
 its check passes, and ``evaluate`` of any predictions file scores it or names the file in one line;
+validate, export, refine and train through the CLI finish or refuse in one line naming the input;
 the weights loader refuses garbage files with a reason.
 
     FUZZ_EXAMPLES=20000 python -m pytest tests/fuzz_documents.py -q -p no:cacheprovider
@@ -223,6 +224,60 @@ def test_evaluate_scores_or_names_the_file(tmp_path_factory, pred, flags):
         assert len(errors) == 1 and ("p.json" in errors[0] or "gt.json" in errors[0]), r.output
     else:
         assert r.exit_code == 0, r.output
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(documents(), results_lists), st.sampled_from(["validate", "fix", "export", "refine", "train"]),
+       st.sampled_from(["coco", "coco-results", "labelme", "yolo-seg"]), st.booleans())
+def test_commands_run_or_refuse_in_one_line_naming_the_input(tmp_path_factory, doc, command, fmt, like):
+    """Each command that reads a COCO file, through the CLI, on fuzzed documents (and results lists,
+    with or without --like): done, or refused with one error line naming the file or the entry
+    (validate lists every problem, so only its exit is checked), never a Python error."""
+    from click.testing import CliRunner
+
+    from refinemask_cli.cli import main
+
+    from .cocofix import tiny_weights
+
+    d = tmp_path_factory.mktemp("cmd")
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(d / name), np.full((H, W, 3), 90, np.uint8))
+    (d / "gt.json").write_text(json.dumps(GT))
+    (d / "in.json").write_text(json.dumps(doc))
+    (d / "c.toml").write_text("num_workers = 0\ncheckpoint_every = 1000\n")
+    weights = str(_tiny_weights(tiny_weights))
+    likes = ["--like", str(d / "gt.json")] if like else []
+    folder = fmt in ("labelme", "yolo-seg")
+    inp, images = str(d / "in.json"), ["--images", str(d)]
+    args = {"validate": ["validate", inp, *images, *likes],
+            "fix": ["validate", inp, *images, "--fix", "-o", str(d / "out.json"), *(["--drop-invalid"] if like else [])],
+            "export": ["export", inp, "--to", fmt, *images, "-o", str(d / ("out" if folder else "out.json")), *likes],
+            "refine": ["refine", inp, *images, "-o", str(d / ("out" if folder and not like else "out.json")),
+                       "--device", "cpu", "--no-flip", "--weights", weights, *likes,
+                       *(["--format", fmt] if folder and not like else [])],
+            "train": ["train", "--train-json", inp, *images, "--out", str(d / "run"), "--iters", "1", "--batch-size", "1",
+                      "--device", "cpu", "--init", weights, "--config", str(d / "c.toml"),
+                      *(["--partly-labelled"] if like else [])]}[command]
+    r = CliRunner().invoke(main, args)
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert r.exit_code in (0, 1, 2), r.output
+    if r.exit_code == 1 and command not in ("validate", "fix"):
+        errors = [line for line in r.output.strip().splitlines() if line.startswith("error")]
+        assert len(errors) == 1, r.output
+        assert any(k in errors[0] for k in ("in.json", "gt.json", "image ", "annotation", "result", "category")), errors
+
+
+_WEIGHTS: list = []
+
+
+def _tiny_weights(make):
+    """One untrained tiny checkpoint for every example (made on first use)."""
+    if not _WEIGHTS:
+        import tempfile
+        from pathlib import Path
+
+        _WEIGHTS.append(make(Path(tempfile.mkdtemp()) / "w.pt", train_steps=0))
+    return _WEIGHTS[0]
 
 
 # -- LabelMe folders and YOLO-seg datasets, read into COCO ------------------------------------
