@@ -45,6 +45,36 @@ def test_refine_odd_size_and_labels(predictor):
     assert len(empty) == 0 and empty.masks == []
 
 
+def test_images_thinner_than_the_models_long_side_allows_are_read(predictor):
+    """A 1 x 200 image at max_size 96: the long side sets the scale (0.48) and the short side came out
+    as 0 rows, so interpolate raised (a traceback from predict and from refine --mode whole). Such
+    images keep one row; detections and refined masks stay inside them."""
+    from refinemask_cli.model.detector import ImageTransform
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((1, 200, 3), (300, 2, 3), (1, 1, 3))]
+    for img, det in zip(images, predictor.predict(images)):
+        h, w = img.shape[:2]
+        assert det.image_size == (h, w)
+        assert (det.boxes[:, [0, 2]] <= w + 1e-3).all() and (det.boxes[:, [1, 3]] <= h + 1e-3).all()
+        for m in det.masks:
+            assert m.full(h, w).shape == (h, w)
+    det = predictor.refine(images[0], np.array([[20.0, 0.0, 120.0, 1.0]], dtype=np.float32), np.array([0]))
+    assert len(det) == 1 and det.masks[0].full(1, 200).shape == (1, 200)
+    # training: boxes and masks follow the image; an image of ordinary shape is resized as before
+    t = ImageTransform(64, 96, [0.0] * 3, [1.0] * 3)
+    masks = torch.zeros((1, 1, 200), dtype=torch.uint8)
+    masks[0, 0, 50:150] = 1
+    image, target = t.resize(torch.rand(3, 1, 200), {"boxes": torch.tensor([[50.0, 0.0, 150.0, 1.0]]), "masks": masks})
+    assert image.shape == (3, 1, 96) and target["masks"].shape == (1, 1, 96)
+    assert torch.allclose(target["boxes"], torch.tensor([[24.0, 0.0, 72.0, 1.0]]))
+    assert target["masks"][0, 0, 30].item() == 1 and target["masks"][0, 0, 10].item() == 0
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    ordinary = torch.rand(3, 63, 97)
+    assert torch.equal(t.resize(ordinary)[0], GeneralizedRCNNTransform(64, 96, [0.0] * 3, [1.0] * 3).eval().resize(ordinary)[0])
+
+
 @pytest.mark.parametrize("bad", [
     np.zeros((20, 20, 3), dtype=np.float32),
     np.zeros((20, 20, 3), dtype=np.uint16),

@@ -396,6 +396,23 @@ class ImageTransform(GeneralizedRCNNTransform):
     quotient is written over the difference: the same numbers); a 48-Mpx photo held 1.7 GB of float
     copies at once, now 1.2 GB."""
 
+    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+        """torchvision's resize, except for images thinner than ``max_size`` : 1 (2 × 2000 pixels at
+        704): the long side sets the scale and the short one rounded to 0 rows, which failed in
+        interpolate. Those keep at least one row (column); every other image is resized as before."""
+        h, w = image.shape[-2:]
+        if self.fixed_size is not None or min(h, w) * self.max_size >= max(h, w) or (
+                self.training and getattr(self, "_skip_resize", False)):
+            return super().resize(image, target)
+        scale = self.max_size / max(h, w)
+        size = (max(1, int(h * scale)), max(1, int(w * scale)))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
+            if "masks" in target:
+                target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size)[:, 0].byte()
+        return image, target
+
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         if not image.is_floating_point():
             raise TypeError(f"images must be float tensors, got {image.dtype}")
