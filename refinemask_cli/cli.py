@@ -157,6 +157,15 @@ def one_line(e: BaseException) -> str:
     return lines[0]
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, CUDA's OutOfMemoryError, or the CPU allocator's
+    RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
 def handle_errors(fn):
     """Turn expected failures into one clear line and exit code 1 (traceback only with --debug)."""
 
@@ -171,6 +180,13 @@ def handle_errors(fn):
             if ctx.find_root().params.get("debug"):
                 raise
             raise UserError(one_line(e)) from None
+        except (MemoryError, RuntimeError) as e:
+            if ctx.find_root().params.get("debug") or not out_of_memory(e):
+                raise
+            what = ". ".join(one_line(e).split(". ")[:2]).rstrip(".")  # CUDA's: "... Tried to allocate 2.00 GiB"
+            fix = ("run again with a smaller --batch-size, or --device cpu if a GPU ran out"
+                   if any(p.name == "batch_size" for p in ctx.command.params) else "run it on a machine with more memory")
+            raise UserError(f"out of memory ({what or type(e).__name__}); {fix}") from None
 
     return wrapper
 

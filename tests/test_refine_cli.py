@@ -297,6 +297,47 @@ def test_ctrl_c_says_how_to_resume(weights, tmp_path, monkeypatch):
     assert not out.exists() and (tmp_path / "out.json.journal").exists()
 
 
+CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB of which 1.2 GiB is free."
+
+
+@pytest.mark.parametrize("failure", [
+    CUDA_OOM,
+    "[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes.",
+    "memory",
+    "a RuntimeError that is not about memory",
+])
+def test_out_of_memory_is_one_line_that_says_what_to_lower(weights, tmp_path, monkeypatch, failure):
+    """A GPU or the CPU running out of memory mid-run was a traceback. Now one line: what ran out and
+    --batch-size to lower (the finished images stay in the journal). Other RuntimeErrors are bugs,
+    and still show their traceback."""
+    import torch
+
+    src = make_dataset(tmp_path, n_images=2)
+    real = Predictor.refine_many
+    calls = []
+
+    def fails(self, *a, **k):
+        if calls:
+            if failure == "memory":
+                raise MemoryError()
+            error = torch.cuda.OutOfMemoryError if failure.startswith("CUDA") else RuntimeError
+            raise error(failure)
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Predictor, "refine_many", fails)
+    out = tmp_path / "out.json"
+    r = run("refine", src, "--images", tmp_path, "-o", out, "--weights", weights, "--device", "cpu", "--batch-size", 1)
+    assert not out.exists() and (tmp_path / "out.json.journal").exists()
+    if failure.startswith("a RuntimeError"):
+        assert isinstance(r.exception, RuntimeError)
+        return
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith("error: out of memory (") and "run again with a smaller --batch-size" in r.output
+    if failure == CUDA_OOM:
+        assert "(CUDA out of memory. Tried to allocate 2.00 GiB)" in r.output
+
+
 def test_batched_refine_agrees_with_one_image_at_a_time(weights, tmp_path):
     src = make_dataset(tmp_path, n_images=3)
     outs = []
