@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -110,6 +111,17 @@ def refuse_folder_over_inputs(output: Path, *inputs: Path | None) -> None:
         if p == out or out in p.parents:
             raise UserError(f"{output}: writing this folder would replace {given}, which it holds (the input or "
                             "its images), --overwrite or not; write to another folder")
+
+
+def refuse_file_over_images(output: Path, images: Iterable[Path]) -> None:
+    """A file output (a COCO JSON) that is one of the images the run reads: refused, --overwrite or
+    not (``predict imgs/ -o imgs/a.png --overwrite`` replaced that photo with JSON)."""
+    if not output.is_file():  # only an existing file can be one of them
+        return
+    out = output.resolve()
+    if any(Path(p).resolve() == out for p in images):
+        raise UserError(f"{output} is one of the images this run reads, --overwrite or not; "
+                        "name the output file something else (e.g. predictions.json)")
 
 
 def open_journal(journal, resume: bool, overwrite: bool) -> None:
@@ -424,6 +436,10 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
         from .jobs.formats import check_folder_output
 
         require_valid(doc, input_json)  # before anything reads its ids (the job checks it again, with the images)
+        if fmt == "coco":
+            from .io.images import image_path
+
+            refuse_file_over_images(output, (image_path(images_dir, im["file_name"]) for im in doc["images"]))
         try:
             check_folder_output(doc, fmt)  # file names the format cannot hold: said now, not after the job
         except CocoError as e:
@@ -693,6 +709,8 @@ def predict(images_dir: Path, output: Path, fmt: str, score_threshold: float | N
         category_ids = [c["id"] for c in categories]
     # file names a folder format cannot hold (a.jpg and a.png: one a.json): said now, not after the job
     formats.check_folder_output({"images": [e.info for e in entries], "categories": categories}, fmt)
+    if fmt in ("coco", "coco-results"):
+        refuse_file_over_images(output, (e.path for e in entries))
     # what decides the annotations (not --format: a resumed run may write another one)
     source = dumps({"images": [[e.info, e.path.name] for e in entries], "categories": categories,
                     "category_ids": category_ids}).encode()
@@ -777,6 +795,10 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
     require_valid(doc, input_json)
     if target in ("labelme", "yolo-seg"):
         refuse_folder_over_inputs(output, input_json, images_dir)
+    elif images_dir is not None:
+        from .io.images import image_path
+
+        refuse_file_over_images(output, (image_path(images_dir, im["file_name"]) for im in doc["images"]))
     if target == "coco":
         converted, losses = formats.to_polygon_coco(doc)  # RLE turned into polygons where faithful
         write_output(converted, output, "coco", images_dir)

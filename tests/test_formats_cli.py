@@ -346,6 +346,23 @@ def test_refine_checks_its_input_before_the_output_format_reads_it(weights, tmp_
         assert r.exit_code == 1 and f"{src}: no categories to make YOLO classes of" in r.output, r.output
 
 
+def test_no_command_writes_its_json_over_an_image_it_reads(weights, tmp_path):
+    """predict imgs/ -o imgs/a.png --overwrite replaced that photo with the predictions' JSON. An
+    output that is one of the run's own images is refused, --overwrite or not, in predict, refine
+    and export; the photo is left as it was."""
+    src = make_dataset(tmp_path, n_images=2)
+    photo = tmp_path / "img_0.png"
+    before = photo.read_bytes()
+    for args in (("predict", tmp_path, "-o", photo, "--weights", weights, "--device", "cpu"),
+                 ("refine", src, "--images", tmp_path, "-o", photo, "--weights", weights, "--device", "cpu"),
+                 ("export", src, "--to", "coco", "--images", tmp_path, "-o", photo)):
+        r = run(*args, "--overwrite")
+        assert r.exit_code == 1 and f"{photo} is one of the images this run reads" in r.output, r.output
+        assert photo.read_bytes() == before
+    r = run("predict", tmp_path, "-o", tmp_path / "pred.json", "--weights", weights, "--device", "cpu")
+    assert r.exit_code == 0, r.output  # beside the images is fine
+
+
 def test_validate_lists_every_problem(tmp_path):
     src = make_dataset(tmp_path, n_images=2)
     assert run("validate", src, "--images", tmp_path).exit_code == 0
