@@ -432,18 +432,12 @@ def refine(input_json: Path, images_dir: Path, output: Path, fmt: str, weights: 
             raise UserError(f"{output} is a folder; name a JSON file for -o, or pass --format labelme or yolo-seg")
         if fmt != "coco":
             refuse_folder_over_inputs(output, input_json, images_dir)
-        from .io.coco import CocoError
-        from .jobs.formats import check_folder_output
-
         require_valid(doc, input_json)  # before anything reads its ids (the job checks it again, with the images)
         if fmt == "coco":
             from .io.images import image_path
 
             refuse_file_over_images(output, (image_path(images_dir, im["file_name"]) for im in doc["images"]))
-        try:
-            check_folder_output(doc, fmt)  # file names the format cannot hold: said now, not after the job
-        except CocoError as e:
-            raise UserError(f"{input_json}: {e}") from None
+        check_format(doc, fmt, input_json)
         if vis_dir is not None:
             check_overlay_paths(doc)
         predictor, ckpt = make_predictor(weights, device, precision, batch_size, canvas=canvas)
@@ -614,6 +608,18 @@ def read_dataset_input(path: Path, images_dir: Path | None, notes: list | None =
     except ResultsListError as e:
         raise UserError(f"{e}; for a detector's results, pass --like DATASET.json, the dataset its image ids "
                         "refer to") from None
+
+
+def check_format(doc: dict, fmt: str, source: Path) -> None:
+    """What writing ``doc`` (read from ``source``) as ``fmt`` would refuse (file names a folder format
+    cannot hold, no category for YOLO classes): said now, naming ``source``, not after the job."""
+    from .io.coco import CocoError
+    from .jobs.formats import check_folder_output
+
+    try:
+        check_folder_output(doc, fmt)
+    except CocoError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 def require_valid(doc: dict, path: Path) -> None:
@@ -795,6 +801,7 @@ def export(input_json: Path, target: str, output: Path, images_dir: Path | None,
     require_valid(doc, input_json)
     if target in ("labelme", "yolo-seg"):
         refuse_folder_over_inputs(output, input_json, images_dir)
+        check_format(doc, target, input_json)
     elif images_dir is not None:
         from .io.images import image_path
 

@@ -344,6 +344,8 @@ def test_refine_checks_its_input_before_the_output_format_reads_it(weights, tmp_
         src.write_text(json.dumps(good))
         r = run("refine", src, "--images", tmp_path, "-o", out, "--format", fmt, "--weights", weights, "--device", "cpu")
         assert r.exit_code == 1 and f"{src}: no categories to make YOLO classes of" in r.output, r.output
+        r = run("export", src, "--to", fmt, "--images", tmp_path, "-o", out)  # export named no file here
+        assert r.exit_code == 1 and f"{src}: no categories to make YOLO classes of" in r.output, r.output
 
 
 def test_no_command_writes_its_json_over_an_image_it_reads(weights, tmp_path):

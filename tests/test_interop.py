@@ -180,6 +180,14 @@ def test_labelme_folder_with_its_images_elsewhere_and_shapes_that_cannot_be_read
     path.write_text(json.dumps(raw))
     r = run("validate", root / "lm", "--images", root / "imgs")
     assert r.exit_code == 0 and "1 LabelMe object(s) without area left out" in r.output, r.output
+    raw["shapes"][0] = {"label": label, "shape_type": "rectangle", "points": [[10, 200], [20, 230]]}  # below it
+    path.write_text(json.dumps(raw))
+    r = run("validate", root / "lm", "--images", root / "imgs")
+    assert r.exit_code == 0 and "1 LabelMe object(s) without area left out" in r.output, r.output
+    raw["shapes"][0] = {"label": label, "shape_type": "mask", "points": [[1, 1]]}  # no "mask" (was cv2.error)
+    path.write_text(json.dumps(raw))
+    r = run("validate", root / "lm", "--images", root / "imgs")
+    assert r.exit_code == 1 and f"mask shape {label!r} has no readable base64 PNG mask" in r.output, r.output
     for key, value, said in (("shape_type", ["polygon"], "has shape_type ['polygon']"),
                              ("group_id", [1], "has group_id [1]; LabelMe's group_id is a number or null")):
         raw = json.loads(json.dumps(good))

@@ -130,7 +130,7 @@ def _labelme_image(json_path: Path, raw: dict, root: Path) -> tuple[str, int, in
 
 def _decode_png_b64(text: str) -> np.ndarray:
     data = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # OpenCV asserts on no bytes
     if img is None:
         raise ValueError("mask is not a base64 PNG")
     return (img if img.ndim == 2 else img[..., 0]) > 0
@@ -228,8 +228,9 @@ def _labelme_object(shapes: list[dict], size: tuple[int, int], json_path: Path) 
         pts = np.concatenate([_points(s, json_path) for s in rects])
         if len(pts) < 2:  # no corners: no area (reported by the caller)
             return None
-        x0, y0 = pts.min(axis=0)
-        x1, y1 = pts.max(axis=0)
+        # the part inside the image (LabelMe keeps the corners it draws there; an edited file may not)
+        x0, y0 = np.clip(pts.min(axis=0), 0, (w, h))
+        x1, y1 = np.clip(pts.max(axis=0), 0, (w, h))
         if x1 <= x0 or y1 <= y0:
             return None
         return {"bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "area": float((x1 - x0) * (y1 - y0))}
