@@ -550,6 +550,31 @@ def test_an_invalid_or_empty_training_set_is_one_line_before_anything_is_made(tm
         assert f"{src}: {said}" in r.output and not out.exists(), r.output
 
 
+def test_annotations_without_a_bbox_train_from_their_segmentation(tmp_path):
+    """COCO's bbox is optional where a segmentation is given (the checks accept it; pycocotools makes
+    it from the mask). Training read a['bbox'] and stopped with a KeyError traceback; it takes the
+    segmentation's extent now, the box pycocotools would make."""
+    import json
+
+    from refinemask_cli.data.coco_dataset import CocoInstances
+
+    src = make_dataset(tmp_path, n_images=2)
+    doc = json.loads(src.read_text())
+    boxes = {a["id"]: a.pop("bbox") for a in doc["annotations"] if "segmentation" in a and not a["iscrowd"]}
+    src.write_text(json.dumps(doc))
+    ds = CocoInstances(src, tmp_path, class_agnostic=True)
+    read = {a["id"]: a["bbox"] for anns in ds.anns.values() for a in anns}
+    assert sorted(read) == sorted(boxes)
+    for aid, box in boxes.items():  # the segmentation's extent: the box it had, to the pixel
+        assert read[aid] == pytest.approx(box, abs=1.0), aid
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--train-json", str(src), "--images", str(tmp_path), "--init", "none",
+                                  "--config", str(tiny_toml(tmp_path)), "--out", str(out), "--device", "cpu",
+                                  "--iters", "1"])
+    assert r.exit_code == 0, r.output
+    assert (out / "model_final.pt").exists()
+
+
 def test_a_training_file_that_is_no_image_is_one_line_before_anything_is_made(tmp_path):
     r, src, out, _ = train_with_a_bad_image(
         tmp_path, lambda png: png.write_bytes(b"not an image: a text file saved under an image's name"))

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from ..geometry import segmentation_kind, segmentation_to_mask
+from ..geometry.masks import segmentation_to_rle
 from ..io.coco import CocoError, read_recorded_image
 from ..io.images import (
     held_image,
@@ -63,7 +65,11 @@ class CocoInstances(Dataset):
             if segmentation_kind(a.get("segmentation")) == "none":
                 self.skipped += 1
                 continue
-            x, y, w, h = a["bbox"]
+            if "bbox" not in a:  # optional where there is a segmentation: its extent, as pycocotools makes it
+                im = self.images[a["image_id"]]
+                rle = segmentation_to_rle(a["segmentation"], im["height"], im["width"])
+                a = {**a, "bbox": [float(v) for v in mask_utils.toBbox(rle)]}
+            _, _, w, h = a["bbox"]
             if w < min_box_size or h < min_box_size:
                 continue
             self.anns.setdefault(a["image_id"], []).append(a)
