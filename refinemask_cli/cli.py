@@ -19,7 +19,8 @@ from . import __version__
 from .console import console, error, kv_table, problem_line, summary_table, warn
 from .weights import WeightsError
 
-EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError)
+# FloatingPointError: training's 'loss became nan at step N; lower --lr'
+EXPECTED_ERRORS = (WeightsError, ValueError, TypeError, FileNotFoundError, PermissionError, OSError, FloatingPointError)
 
 weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                               help="Checkpoint to use (default: the shipped default weights).")

@@ -575,6 +575,39 @@ def test_annotations_without_a_bbox_train_from_their_segmentation(tmp_path):
     assert (out / "model_final.pt").exists()
 
 
+def test_partly_labelled_images_without_a_labelled_object_are_left_out(tmp_path, monkeypatch):
+    """In a partly labelled set an image with no labelled object is neither object nor background:
+    a batch of only such images sampled nothing, and the losses were 0/0, so training stopped with
+    'loss became nan at step 0; lower --lr' as a FloatingPointError traceback. Such images are left
+    out of the set (a set of only them: no images to train on, named), and that error, where it
+    happens, is one line."""
+    import json
+
+    src = make_dataset(tmp_path, n_images=3)
+    doc = json.loads(src.read_text())
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != 11]  # image 11: nothing marked
+    src.write_text(json.dumps(doc))
+    from refinemask_cli.data.coco_dataset import CocoInstances
+
+    assert CocoInstances(src, tmp_path, every_object=False).ids == [10, 12]
+    assert CocoInstances(src, tmp_path).ids == [10, 11, 12]  # fully labelled: its background is taught
+    base = ["train", "--train-json", str(src), "--images", str(tmp_path), "--partly-labelled",
+            "--config", str(tiny_toml(tmp_path)), "--device", "cpu", "--iters", "1"]
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    doc["annotations"] = []
+    src.write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "run2")])
+    assert r.exit_code == 1 and f"{src}: no images to train on" in r.output and not (tmp_path / "run2").exists()
+
+    def diverges(*a, **k):
+        raise FloatingPointError("loss became nan at step 3; lower --lr")
+
+    monkeypatch.setattr("refinemask_cli.engine.run.run_training", diverges)
+    r = CliRunner().invoke(main, [*base[:-2], "--iters", "1", "--out", str(tmp_path / "run3")])
+    assert r.exit_code == 1 and r.output.strip() == "error: loss became nan at step 3; lower --lr", r.output
+
+
 def test_a_training_file_that_is_no_image_is_one_line_before_anything_is_made(tmp_path):
     r, src, out, _ = train_with_a_bad_image(
         tmp_path, lambda png: png.write_bytes(b"not an image: a text file saved under an image's name"))

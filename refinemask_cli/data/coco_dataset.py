@@ -74,7 +74,9 @@ class CocoInstances(Dataset):
                 continue
             self.anns.setdefault(a["image_id"], []).append(a)
         ids = image_ids if image_ids is not None else sorted(self.images)
-        self.ids = [i for i in ids if i in self.images]
+        # a partly labelled image with no labelled object teaches nothing (none of it is background),
+        # and a batch of only such images has no sample at all: its losses are 0/0 (nan at step 0)
+        self.ids = [i for i in ids if i in self.images and (every_object or self.anns.get(i))]
         self.flip_prob = flip_prob
 
     def __setstate__(self, state: dict) -> None:
