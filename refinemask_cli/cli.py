@@ -960,11 +960,9 @@ def evaluate(gt_json: Path, pred_json: Path, images_dir: Path | None, as_json: b
     if by_id and ids_are_reading_order:
         raise click.UsageError("--by-id needs two COCO files: a LabelMe folder's or YOLO dataset's annotation ids "
                                "are given in reading order and name no object; leave --by-id out")
-    if not isinstance(pred, (dict, list)):
+    if not (isinstance(pred, list) or isinstance(pred, dict) and "annotations" in pred):
         raise UserError(f"{pred_json}: neither a results list nor a dataset with 'annotations'")
     if isinstance(pred, dict):
-        if "annotations" not in pred:
-            raise UserError(f"{pred_json}: neither a results list nor a dataset with 'annotations'")
         if not isinstance(pred["annotations"], list):
             raise UserError(f"{pred_json}: 'annotations' must be a list, got {type(pred['annotations']).__name__}")
         bad = next((k for k, a in enumerate(pred["annotations"]) if not isinstance(a, dict)), None)

@@ -82,6 +82,8 @@ def test_read_image_of_floating_point_tiffs_and_of_more_pixels_than_opencv_decod
     cv2.imwrite(str(tmp_path / "g.tiff"), ramp * 400)  # one channel, beyond [0, 1]: clipped to 0..255
     out = read_image(tmp_path / "g.tiff")
     assert out.shape == (6, 9, 3) and out[-1, -1].tolist() == [255, 255, 255] and out[0, 1, 0] == int(400 / 53)
+    cv2.imwrite(str(tmp_path / "i.tiff"), np.ones((6, 9), np.int32))  # integers are levels, never scaled
+    assert read_image(tmp_path / "i.tiff")[0, 0].tolist() == [1, 1, 1]
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)

@@ -122,9 +122,10 @@ class TrainConfig:
         if not isinstance(self.model, dict):
             errors.append(f"model is a [model] table of model settings, got {self.model!r}")
         else:
-            unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelConfig)})
-            if unknown:
-                errors.append(f"unknown [model] keys: {', '.join(map(str, unknown))}")
+            try:
+                reject_unknown_keys(ModelConfig, self.model, "[model]")
+            except ValueError as e:
+                errors.append(str(e))
         for ds in self.datasets:
             if not ds.weight > 0:
                 errors.append(f"{ds.json}: weight must be > 0 (how often the set is drawn, relative to the others)")

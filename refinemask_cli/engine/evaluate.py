@@ -31,6 +31,7 @@ from ..io.coco import (
     check_results,
     check_segmentation,
     first_error,
+    is_id,
     segmentation_kind_safe,
 )
 
@@ -133,7 +134,7 @@ def evaluate_by_id(gt: dict, pred: dict, ignore_key: str | None = None) -> dict:
     images = {im["id"]: im for im in gt["images"]}
     # entries without an integer id match no ground-truth object (they are not refined copies of one)
     pred_by_id = {a["id"]: a for a in pred.get("annotations", [])
-                  if isinstance(a, dict) and isinstance(a.get("id"), int) and not isinstance(a["id"], bool)}
+                  if isinstance(a, dict) and is_id(a.get("id"))}
     scores: list[PairScore] = []
     for ann in gt["annotations"]:
         if ann.get("iscrowd", 0):

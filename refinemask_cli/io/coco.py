@@ -154,7 +154,7 @@ def _check_ids(items: list, kind: str, problems: list[Problem]) -> dict:
         if not isinstance(item, dict) or "id" not in item:
             problems.append(Problem("error", f"{kind} #{i}", "entry has no 'id'"))
             continue
-        if not isinstance(item["id"], int) or isinstance(item["id"], bool):
+        if not is_id(item["id"]):
             problems.append(Problem("error", f"{kind} #{i}", f"id {item['id']!r} is not an integer"))
             continue
         if item["id"] in by_id:
@@ -162,6 +162,11 @@ def _check_ids(items: list, kind: str, problems: list[Problem]) -> dict:
             continue
         by_id[item["id"]] = item
     return by_id
+
+
+def is_id(value: Any) -> bool:
+    """An integer as COCO ids are (JSON's true/false are not ids, though Python counts them as ints)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def by_id(items: dict, value: Any) -> Any:
@@ -293,7 +298,7 @@ def check_results(results: Any, gt: dict, any_category: bool = False) -> list[Pr
         if not isinstance(r, dict):
             problems.append(Problem("error", f"result #{k}", "entry is not a JSON object"))
             continue
-        where = f"annotation {r['id']}" if isinstance(r.get("id"), int) and not isinstance(r["id"], bool) else f"result #{k}"
+        where = f"annotation {r['id']}" if is_id(r.get("id")) else f"result #{k}"
         img = by_id(images, r.get("image_id"))
         if img is None:
             problems.append(Problem("error", where, f"image_id {r.get('image_id')!r} is not an image of the ground "

@@ -154,9 +154,10 @@ def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img.astype(np.uint32) * 255 // 65535).astype(np.uint8)
     elif img.dtype != np.uint8:
+        floating = np.issubdtype(img.dtype, np.floating)
         img = img.astype(np.float64)
         finite = img[np.isfinite(img)]
-        if np.issubdtype(img.dtype, np.floating) and finite.size and finite.max() <= 1.0:
+        if floating and finite.size and finite.max() <= 1.0:
             img = img * 255  # a floating-point image in [0, 1], as viewers show it
         img = np.clip(np.nan_to_num(img), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
@@ -174,4 +175,4 @@ def _as_bgr(img: np.ndarray | None) -> np.ndarray | None:
     channels = img.shape[2]
     if channels in (1, 2):  # grey, or grey and alpha
         return np.repeat(img[..., :1], 3, axis=2)
-    return img[..., :3] if channels >= 3 else None
+    return img[..., :3]

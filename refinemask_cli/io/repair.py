@@ -28,11 +28,18 @@ from pycocotools import mask as mask_utils
 
 from ..geometry.masks import (
     finite_number,
-    segmentation_kind,
     segmentation_problem,
     segmentation_to_rle,
 )
-from .coco import Problem, bbox_shape_problem, by_id, check_bbox, check_dataset
+from .coco import (
+    Problem,
+    bbox_shape_problem,
+    by_id,
+    check_bbox,
+    check_dataset,
+    is_id,
+    segmentation_kind_safe,
+)
 
 
 @dataclass
@@ -69,11 +76,8 @@ def _drop_degenerate_rings(ann: dict, fixes: list[Problem]) -> None:
 def _segmentation_bbox(segm: Any, height: int, width: int) -> list[float] | None:
     """The box pycocotools gives a segmentation: polygons' extent, else the RLE's; None where there
     is none or it cannot be read."""
-    try:
-        kind = segmentation_kind(segm)
-    except ValueError:  # not a segmentation at all (a string, a number): the checks name it
-        return None
-    if kind == "none" or segmentation_problem(segm, height, width):
+    kind = segmentation_kind_safe(segm)  # "invalid": not a segmentation at all; the checks name it
+    if kind in ("none", "invalid") or segmentation_problem(segm, height, width):
         return None
     if kind == "polygon":
         xs = [float(v) for ring in segm for v in ring[0::2]]
@@ -122,8 +126,7 @@ def repair_dataset(doc: dict, image_size: Callable[[dict], tuple[int, int]] | No
             img["width"], img["height"] = int(w), int(h)
             rep.fixes.append(Problem("fixed", f"image {img['id']}", f"{before}: set to its file's {w}x{h}"))
     # ids: the first of each id keeps it; later ones are renumbered, exact copies dropped
-    valid_ids = [a["id"] for a in anns if isinstance(a, dict) and isinstance(a.get("id"), int)
-                 and not isinstance(a.get("id"), bool)]
+    valid_ids = [a["id"] for a in anns if isinstance(a, dict) and is_id(a.get("id"))]
     next_id = max(valid_ids, default=0) + 1
     seen: dict[int, str] = {}
     kept = []
@@ -132,7 +135,7 @@ def repair_dataset(doc: dict, image_size: Callable[[dict], tuple[int, int]] | No
             kept.append(ann)
             continue
         aid = ann.get("id")
-        usable = isinstance(aid, int) and not isinstance(aid, bool)
+        usable = is_id(aid)
         text = json.dumps(ann, sort_keys=True, default=str)
         if usable and aid in seen:
             if seen[aid] == text:
@@ -150,7 +153,7 @@ def repair_dataset(doc: dict, image_size: Callable[[dict], tuple[int, int]] | No
         kept.append(ann)
     anns[:] = kept
     sizes = {img["id"]: (img.get("height"), img.get("width")) for img in images
-             if isinstance(img, dict) and isinstance(img.get("id"), int)}
+             if isinstance(img, dict) and is_id(img.get("id"))}
     for ann in anns:
         if not isinstance(ann, dict):
             continue

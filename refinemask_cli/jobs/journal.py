@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..io.coco import CocoError
+from ..io.coco import CocoError, is_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from .refine import RefineOptions
@@ -52,7 +52,7 @@ class Journal:
             except json.JSONDecodeError:
                 continue  # the line being written when the run was stopped
             # a line that is not a record (a damaged file) holds no finished image: that image runs again
-            if isinstance(rec, dict) and isinstance(rec.get("image_id"), int) and "results" in rec:
+            if isinstance(rec, dict) and is_id(rec.get("image_id")) and "results" in rec:
                 done[rec["image_id"]] = rec["results"]
         return done
 
